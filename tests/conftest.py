@@ -1,0 +1,31 @@
+"""Shared fixtures. Embeddings are cached under data/cache (git-ignored) and shared by every test,
+so the demo set is embedded once per machine, not once per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO / "data"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+
+
+@pytest.fixture(scope="session")
+def shared_cache() -> Path:
+    return SHARED_DATA / "cache" / "embeddings"
+
+
+@pytest.fixture(scope="session")
+def demo_project(tmp_path_factory, shared_cache):
+    """The demo dataset (animal-mnist, 300 per class) as a project, embedded once."""
+    from loop.project import Paths, open_or_create_dataset_project
+
+    paths = Paths(tmp_path_factory.mktemp("demo"), cache_dir=shared_cache)
+    return open_or_create_dataset_project("demo", paths, data_dir=SHARED_DATA)

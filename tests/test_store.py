@@ -1,0 +1,115 @@
+import sqlite3
+import threading
+
+import numpy as np
+import pytest
+
+from loop.store import Store, StoreError
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(tmp_path / "j.db")
+
+
+@pytest.fixture
+def project(store):
+    pid = store.create_project("p", "/data", "{}", ["cat", "dog", "cow"])
+    store.add_images(pid, [{"path": f"{i}.png", "hash": f"h{i}", "split": "pool"} for i in range(6)])
+    return pid
+
+
+def image_ids(store, pid):
+    return [i["id"] for i in store.images(pid)]
+
+
+def test_wal_mode_and_schema(store):
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert {"projects", "classes", "images", "label_events", "model_versions", "evaluations",
+            "holdout_predictions"} <= set(store.db.table_names())
+
+
+def test_labels_are_an_append_only_log(store, project):
+    a, b = image_ids(store, project)[:2]
+    store.add_labels(project, [(a, "cat"), (b, "dog")], "ana", "human")
+    store.add_labels(project, [(a, "cow")], "ben", "human")          # a correction
+    cow, dog = store.class_id(project, "cow"), store.class_id(project, "dog")
+    assert store.current_labels(project) == {a: cow, b: dog}
+    events = store.label_events(project)
+    assert [(e["image_id"], e["annotator"]) for e in events] == [(a, "ana"), (b, "ana"), (a, "ben")]
+    store.add_labels(project, [(b, None)], "ana", "human")           # retraction
+    assert store.current_labels(project) == {a: cow}
+    assert len(store.label_events(project)) == 4                     # nothing was overwritten
+    first_two = events[1]["id"]
+    assert store.current_labels(project, up_to_event=first_two) == {a: store.class_id(project, "cat"), b: dog}
+
+
+def test_a_bad_label_rejects_the_whole_batch(store, project):
+    a, b = image_ids(store, project)[:2]
+    with pytest.raises(StoreError, match="class 'horse' does not exist"):
+        store.add_labels(project, [(a, "cat"), (b, "horse")], "ana", "human")
+    with pytest.raises(StoreError, match="not usable images"):
+        store.add_labels(project, [(a, "cat"), (99999, "cat")], "ana", "human")
+    with pytest.raises(StoreError, match="source"):
+        store.add_labels(project, [(a, "cat")], "ana", "guess")
+    assert store.label_events(project) == []
+
+
+def test_transaction_rolls_back_on_crash(store, project):
+    a = image_ids(store, project)[0]
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.db["label_events"].insert({"project_id": project, "image_id": a, "class_id": None,
+                                             "annotator": "x", "source": "human", "created_at": 0})
+            raise RuntimeError("crash mid-batch")
+    assert store.label_events(project) == []
+
+
+def test_project_errors_name_the_problem(store, project):
+    with pytest.raises(StoreError, match="already exists"):
+        store.create_project("p", "/x", "{}", ["a", "b"])
+    with pytest.raises(StoreError, match="no project 'q'.*known projects: p"):
+        store.project("q")
+    with pytest.raises(StoreError, match="at least 2 distinct"):
+        store.create_project("r", "/x", "{}", ["a", "a"])
+
+
+def test_concurrent_writers_lose_nothing(store, project):
+    ids = image_ids(store, project)
+
+    def annotate(who):
+        for i in ids:
+            store.add_labels(project, [(i, "cat")], who, "human")
+
+    threads = [threading.Thread(target=annotate, args=(f"a{k}",)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(store.label_events(project)) == 4 * len(ids)
+
+
+def test_evaluations_keep_per_image_probabilities(store, project):
+    ids = image_ids(store, project)[:3]
+    version = store.add_model_version(project, n_labels=3, last_event_id=0, class_counts={"cat": 3},
+                                      train_seconds=0.1, weights_path="w.npz", backbone="b")
+    assert version["version"] == 1
+    assert store.add_model_version(project, n_labels=4, last_event_id=0, class_counts={},
+                                   train_seconds=0.1, weights_path="w2.npz", backbone="b")["version"] == 2
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4]], np.float32)
+    eid = store.add_evaluation(project, version["id"], {"n_labels": 3, "accuracy": 0.5, "rules": [{"a": 1}]},
+                               ids, [1, 2, 3], probs)
+    got_ids, got_classes, got_probs = store.holdout_predictions(eid)
+    assert got_ids.tolist() == ids and got_classes.tolist() == [1, 2, 3]
+    np.testing.assert_array_equal(got_probs, probs)
+    assert store.evaluations(project)[0]["rules"] == [{"a": 1}]
+
+
+def test_database_survives_reopening(tmp_path):
+    path = tmp_path / "k.db"
+    store = Store(path)
+    pid = store.create_project("p", "/d", "{}", ["a", "b"])
+    store.add_images(pid, [{"path": "x.png", "hash": "h", "split": "pool"}])
+    store.add_labels(pid, [(store.images(pid)[0]["id"], "a")], "ana", "human")
+    conn = sqlite3.connect(path)
+    assert conn.execute("select count(*) from label_events").fetchone()[0] == 1
