@@ -15,6 +15,9 @@ SHARED_DATA = REPO / "data"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    # Keras' TensorFlow backend calls np.array(tensor) in get_weights; numpy 2 warns about it.
+    config.addinivalue_line("filterwarnings",
+                            "ignore:__array__ implementation doesn't accept a copy keyword")
 
 
 @pytest.fixture(scope="session")
