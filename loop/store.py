@@ -153,9 +153,11 @@ class Store:
     def images(self, project_id: int, split: str | None = None, status: str | None = "ok") -> list[dict]:
         where, args = ["project_id = ?"], [project_id]
         if split:
-            where.append("split = ?"); args.append(split)
+            where.append("split = ?")
+            args.append(split)
         if status:
-            where.append("status = ?"); args.append(status)
+            where.append("status = ?")
+            args.append(status)
         return list(self.db["images"].rows_where(" AND ".join(where), args, order_by="id"))
 
     def skipped_images(self, project_id: int) -> list[dict]:
@@ -223,10 +225,12 @@ class Store:
         args: list = [project_id]
         bound = ""
         if up_to_event is not None:
-            bound = "AND id <= ?"; args.append(up_to_event)
+            bound = "AND id <= ?"
+            args.append(up_to_event)
         where_split = ""
         if split:
-            where_split = "AND i.split = ?"; args.append(split)
+            where_split = "AND i.split = ?"
+            args.append(split)
         rows = self.db.execute(sql.format(bound=bound, split=where_split), args).fetchall()
         return dict(rows)
 

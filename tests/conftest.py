@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO / "data"
 
@@ -27,7 +27,7 @@ def shared_cache() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_project(tmp_path_factory, shared_cache):
-    """The demo dataset (animal-mnist, 300 per class) as a project, embedded once."""
+    """The demo dataset (animal-mnist, 200 per class) as a project, embedded once."""
     from loop.project import Paths, open_or_create_dataset_project
 
     paths = Paths(tmp_path_factory.mktemp("demo"), cache_dir=shared_cache)

@@ -1,0 +1,110 @@
+"""Retrain time of the head at 100, 1,000 and 5,000 labels (1,280-d embeddings, 10 classes), and
+beside it, in the same run, the naive baseline: a fresh Keras `model.fit` for 20 epochs.
+
+Data: real embeddings (EfficientNet-Lite0 on Fashion-MNIST, 600 per class; computed once and
+cached), 5,000 for training and the rest held out for the accuracy columns.
+
+    python bench/retrain.py [--repeats 20] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+SIZES = (100, 1000, 5000)
+
+
+def benchmark_data(dataset: str, data_dir: Path):
+    from loop.project import Paths, open_or_create_dataset_project
+
+    paths = Paths(data_dir / "bench", cache_dir=Paths(data_dir).cache)
+    project = open_or_create_dataset_project(dataset, paths, data_dir=data_dir)
+    images = project.store.images(project.id)
+    X = project.embeddings_of(images)
+    y = np.array([project.class_index[i["known_class_id"]] for i in images])
+    order = np.random.default_rng(0).permutation(len(y))
+    return X[order], y[order]
+
+
+def baseline_fit(X, y, X_test, y_test, n_classes):
+    import keras
+
+    model = keras.Sequential([keras.Input((X.shape[1],)), keras.layers.Dense(n_classes, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    started = time.perf_counter()
+    model.fit(X, y, epochs=20, verbose=0)
+    seconds = time.perf_counter() - started
+    return seconds, float(np.mean(model.predict(X_test, verbose=0).argmax(1) == y_test))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=20, help="timed retrains per size")
+    parser.add_argument("--baseline-repeats", type=int, default=3)
+    parser.add_argument("--dataset", default="fashion-mnist:600")
+    parser.add_argument("--data", default="data")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    from models.heads import SoftmaxHead
+    from loop.settings import HeadSettings
+
+    X, y = benchmark_data(args.dataset, Path(args.data))
+    n_classes = int(y.max()) + 1
+    X_train, y_train = X[:max(SIZES)], y[:max(SIZES)]
+    X_test, y_test = X[max(SIZES):], y[max(SIZES):]
+    if len(X_test) < 200:
+        raise SystemExit(f"{args.dataset} has {len(X)} images; need at least {max(SIZES) + 200}")
+    h = HeadSettings()
+    make = lambda: SoftmaxHead(n_classes, learning_rate=h.learning_rate, weight_decay=h.weight_decay,  # noqa: E731
+                               batch_size=h.batch_size, cold_steps=h.cold_steps, warm_steps=h.warm_steps)
+    result = {"p50_s": {}, "p95_s": {}, "baseline_fit_s": {}, "acc": {}, "baseline_acc": {},
+              "cold_s": {}}
+    for n in SIZES:
+        # As in the loop: a cold first fit, then one warm retrain per batch of 10 new labels.
+        start = n - 10 * args.repeats - 10
+        previous = make().fit(X_train[:max(start, 10)], y_train[:max(start, 10)])  # also compiles
+        started = time.perf_counter()
+        cold = make().fit(X_train[:n], y_train[:n])
+        result["cold_s"][str(n)] = time.perf_counter() - started
+        times = []
+        for k in range(args.repeats):
+            m = max(n - 10 * (args.repeats - 1 - k), 10)
+            started = time.perf_counter()
+            previous = make().fit(X_train[:m], y_train[:m], warm_start=previous)
+            times.append(time.perf_counter() - started)
+        result["p50_s"][str(n)] = float(np.percentile(times, 50))
+        result["p95_s"][str(n)] = float(np.percentile(times, 95))
+        result["acc"][str(n)] = float(np.mean(previous.predict(X_test) == y_test))
+        baseline = [baseline_fit(X_train[:n], y_train[:n], X_test, y_test, n_classes)
+                    for _ in range(args.baseline_repeats)]
+        result["baseline_fit_s"][str(n)] = float(np.median([s for s, _ in baseline]))
+        result["baseline_acc"][str(n)] = float(np.median([a for _, a in baseline]))
+        del cold
+
+    print(f"head retrain on {args.dataset} embeddings ({X.shape[1]}-d, {n_classes} classes), "
+          f"{len(X_test)} held-out images, {os.cpu_count()} CPUs")
+    print(f"{'labels':>7} {'p50 s':>8} {'p95 s':>8} {'cold s':>8} {'fit20 s':>8} {'speed-up':>9} "
+          f"{'acc':>7} {'fit20 acc':>10}")
+    for n in map(str, SIZES):
+        print(f"{n:>7} {result['p50_s'][n]:8.3f} {result['p95_s'][n]:8.3f} {result['cold_s'][n]:8.3f} "
+              f"{result['baseline_fit_s'][n]:8.3f} {result['baseline_fit_s'][n] / result['p50_s'][n]:8.1f}x "
+              f"{result['acc'][n]:7.3f} {result['baseline_acc'][n]:10.3f}")
+    target = result["p95_s"]["5000"] <= 0.25 and result["acc"]["5000"] >= result["baseline_acc"]["5000"] - 1e-9
+    print(f"target (p95 at 5,000 <= 0.25 s, accuracy >= baseline): {'met' if target else 'MISSED'}")
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

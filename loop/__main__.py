@@ -1,0 +1,237 @@
+"""The command line, mirroring the library: `python -m loop COMMAND --help` for each command.
+
+    python -m loop create birds --folder ~/photos/birds          # one sub-folder per class
+    python -m loop create shelf --folder ~/shelf --classes a,b,c # a flat folder, unlabeled
+    python -m loop queue birds -n 10
+    python -m loop label birds --annotator ana 17=robin 18=wren
+    python -m loop retrain birds
+    python -m loop replay --dataset demo --strategy margin --labeler perfect --budget 200 --out runs/a
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _progress(description: str):
+    from tqdm import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=description, unit="img")
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def _settings(args):
+    from loop.settings import Settings
+
+    values = {k: v for k, v in {
+        "backbone": args.backbone, "seeds_per_class": args.seeds_per_class,
+        "strategy": args.strategy, "holdout_size": args.holdout_size, "seed": args.seed,
+    }.items() if v is not None}
+    return Settings(**values)
+
+
+def cmd_create(args) -> int:
+    from loop.project import Paths, create_project
+    from loop.store import Store
+
+    paths = Paths(Path(args.data))
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    project = create_project(Store(paths.database), args.name, args.folder, paths,
+                             class_names=classes, settings=_settings(args),
+                             on_progress=_progress("embedding"))
+    _print_status(project.status())
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from loop.project import Paths, open_or_create_dataset_project
+
+    project = open_or_create_dataset_project(args.dataset, Paths(Path(args.data)), name=args.name,
+                                             on_progress=_progress("embedding"))
+    _print_status(project.status())
+    return 0
+
+
+def _open(args):
+    from loop.project import Project
+
+    return Project.open(args.name, args.data)
+
+
+def _print_status(status: dict) -> None:
+    skipped = status.pop("skipped")
+    for key, value in status.items():
+        print(f"{key:>16}: {', '.join(value) if isinstance(value, list) else value}")
+    if skipped:
+        print(f"{'skipped':>16}: {len(skipped)} file(s)")
+        for path, reason in skipped:
+            print(f"{'':>18}{path}: {reason}")
+
+
+def cmd_status(args) -> int:
+    _print_status(_open(args).status())
+    return 0
+
+
+def cmd_queue(args) -> int:
+    from loop.queue import next_queries
+
+    for q in next_queries(_open(args), args.n):
+        suggestion = f"{q.suggestion} ({q.confidence:.2f}, model v{q.model_version})" if q.suggestion else "-"
+        print(f"{q.image_id:>7}  {q.split:<8} {q.path:<40} {suggestion}")
+    return 0
+
+
+def cmd_label(args) -> int:
+    project = _open(args)
+    labels = []
+    for pair in args.labels:
+        image_id, sep, cls = pair.partition("=")
+        if not sep or not image_id.isdigit():
+            raise ValueError(f"'{pair}' is not IMAGE_ID=CLASS")
+        labels.append((int(image_id), cls or None))
+    project.store.add_labels(project.id, labels, annotator=args.annotator, source="human")
+    print(f"stored {len(labels)} label(s) by {args.annotator}")
+    return 0
+
+
+def cmd_retrain(args) -> int:
+    project = _open(args)
+    version = project.retrain()
+    if version is None:
+        print("not trained: fewer than 2 classes have training labels yet")
+        return 1
+    evaluation = version["evaluation"]
+    print(f"model v{version['version']}: {version['n_labels']} labels, "
+          f"trained in {version['train_seconds']:.3f} s")
+    if evaluation:
+        print(f"hold-out ({evaluation['n_holdout']} images): accuracy {evaluation['accuracy']:.3f}, "
+              f"balanced {evaluation['balanced_accuracy']:.3f}, ECE {evaluation['ece']:.3f}")
+        _print_rules(evaluation["rules"])
+    return 0
+
+
+def _print_rules(rules: list[dict]) -> None:
+    print(f"{'rule':>8} {'coverage':>9} {'accuracy':>9} {'errors/100':>11}")
+    for r in rules:
+        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
+        err = "-" if r["errors_per_100"] is None else f"{r['errors_per_100']:.1f}"
+        print(f"{r['rule']:>8} {r['coverage']:>9.3f} {acc:>9} {err:>11}")
+
+
+def cmd_curve(args) -> int:
+    from loop.replay import curve_rows, write_curve
+
+    project = _open(args)
+    csv_path, png_path = write_curve(curve_rows(project), Path(args.out), project.name)
+    print(f"wrote {csv_path} and {png_path}")
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from loop.replay import replay
+
+    rows = replay(args.dataset, args.out, strategy=args.strategy, labeler=args.labeler,
+                  seed_per_class=args.seed_per_class, batch=args.batch, budget=args.budget,
+                  seed=args.seed, data_dir=args.data, backbone=args.backbone,
+                  holdout_size=args.holdout_size, on_progress=_progress("embedding"))
+    if rows:
+        first, last = rows[0], rows[-1]
+        print(f"hold-out accuracy {first['accuracy']:.3f} at {first['labels']} labels -> "
+              f"{last['accuracy']:.3f} at {last['labels']} labels")
+    print(f"wrote {Path(args.out) / 'curve.csv'} and {Path(args.out) / 'curve.png'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m loop", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=os.environ.get("JUICER_DATA", "data"),
+                        help="data root: database, caches, head weights (default: data)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def project_options(p):
+        p.add_argument("--backbone")
+        p.add_argument("--seeds-per-class", type=int)
+        p.add_argument("--strategy")
+        p.add_argument("--holdout-size", type=int)
+        p.add_argument("--seed", type=int)
+
+    p = sub.add_parser("create", help="create a project from an image folder")
+    p.add_argument("name")
+    p.add_argument("--folder", required=True, help="one sub-folder per class, or flat with --classes")
+    p.add_argument("--classes", help="comma-separated class names, for a flat unlabeled folder")
+    project_options(p)
+    p.set_defaults(run=cmd_create)
+
+    p = sub.add_parser("demo", help="create or open the project of a bundled dataset")
+    p.add_argument("--dataset", default="demo")
+    p.add_argument("--name", default="demo")
+    p.set_defaults(run=cmd_demo)
+
+    for name, run, text in (("status", cmd_status, "counts, skipped files, latest accuracy"),
+                            ("retrain", cmd_retrain, "train a new head now and score it")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("name")
+        p.set_defaults(run=run)
+
+    p = sub.add_parser("queue", help="the next images to label, with suggestions")
+    p.add_argument("name")
+    p.add_argument("-n", type=int, default=10)
+    p.set_defaults(run=cmd_queue)
+
+    p = sub.add_parser("label", help="store a batch of labels (one transaction)")
+    p.add_argument("name")
+    p.add_argument("--annotator", required=True)
+    p.add_argument("labels", nargs="+", metavar="IMAGE_ID=CLASS",
+                   help="IMAGE_ID= with no class retracts that image's label")
+    p.set_defaults(run=cmd_label)
+
+    p = sub.add_parser("curve", help="write the project's learning curve (CSV and PNG)")
+    p.add_argument("name")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=cmd_curve)
+
+    p = sub.add_parser("replay", help="run the loop with a simulated labeler over a labeled dataset")
+    p.add_argument("--dataset", required=True, help="demo, fashion-mnist, mnist5k (NAME:K for K "
+                   "per class) or a folder with one sub-folder per class")
+    p.add_argument("--strategy", default="margin")
+    p.add_argument("--labeler", default="perfect", help="perfect, noisy:P or slow:SECONDS")
+    p.add_argument("--seed-per-class", type=int, default=1)
+    p.add_argument("--batch", type=int, default=10)
+    p.add_argument("--budget", type=int, default=100, help="simulated labels beyond the seeds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backbone")
+    p.add_argument("--holdout-size", type=int, default=500)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=cmd_replay)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, KeyError, OSError) as exc:  # our errors say what is wrong and what to do
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

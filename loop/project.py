@@ -1,0 +1,337 @@
+"""A labeling project: its images on disk, their cached embeddings, the hold-out set, the seed
+labels, and retraining + scoring the head. Everything the app and the command line do to a
+project goes through here.
+
+Creating one: `create_project(store, "birds", "/photos/birds")` for a folder with one sub-folder
+per class, or with `class_names=[...]` for a flat folder of unlabeled images.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from loop.embeddings import EmbeddingCache, fill_cache
+from loop.evaluation import evaluate
+from loop.settings import Settings
+from loop.store import Store, StoreError
+from models.images import IMAGE_SUFFIXES, ImageError, content_hash, read_bytes
+
+Progress = Callable[[int, int], None]
+
+
+class ProjectError(ValueError):
+    """A project request that cannot be done; the message says what and how to fix it."""
+
+
+@dataclass
+class Paths:
+    """Where a data root keeps things: the database, the shared embedding cache, head weights."""
+
+    root: Path
+    cache_dir: Path | None = None    # default: $JUICER_CACHE, else <root>/cache/embeddings
+
+    @property
+    def database(self) -> Path:
+        return self.root / "juicer.db"
+
+    @property
+    def cache(self) -> Path:
+        if self.cache_dir is not None:
+            return Path(self.cache_dir)
+        return Path(os.environ.get("JUICER_CACHE", self.root / "cache" / "embeddings"))
+
+    def heads(self, project: str) -> Path:
+        return self.root / "heads" / project
+
+
+# -- reading a folder ---------------------------------------------------------------------------
+
+def scan_folder(root: str | Path, labeled: bool
+                ) -> tuple[list[tuple[str, str | None]], list[str], list[tuple[str, str]]]:
+    """Find the image files under `root`.
+
+    Returns ([(path relative to root, class name or None)], class names found, [(path, reason)]
+    for files refused outright). With `labeled`, each sub-folder of `root` is a class. Paths are
+    resolved and must stay inside `root`: a link that leads outside is refused, not followed.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise ProjectError(f"folder '{root}' does not exist")
+    if not root.is_dir():
+        raise ProjectError(f"'{root}' is a file; give the folder that holds the images")
+    root = root.resolve()
+    found: list[tuple[str, str | None]] = []
+    refused: list[tuple[str, str]] = []
+    if labeled:
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if len(classes) < 2:
+            raise ProjectError(f"folder '{root}' has {len(classes)} class sub-folder(s); a labeled "
+                               "project needs one sub-folder per class (at least 2), or give a class "
+                               "list for a flat folder of unlabeled images")
+        tops = [(root / c, c) for c in classes]
+    else:
+        classes = []
+        tops = [(root, None)]
+    for top, label in tops:
+        for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for filename in sorted(filenames):
+                path = Path(dirpath) / filename
+                if path.suffix.lower() not in IMAGE_SUFFIXES or filename.startswith("."):
+                    continue
+                relative = path.relative_to(root).as_posix()
+                if not path.resolve().is_relative_to(root):
+                    refused.append((relative, f"'{relative}' leads outside the project folder "
+                                              f"'{root}'; refused"))
+                    continue
+                found.append((relative, label))
+    if not found and not refused:
+        raise ProjectError(f"folder '{root}' holds no image files "
+                           f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return found, classes, refused
+
+
+def _stratified_sample(groups: dict, size: int, rng: np.random.Generator) -> list:
+    """Pick `size` items spread over groups in proportion to group sizes (each group keeps at
+    least one item outside the sample, so no class vanishes from the training pool)."""
+    total = sum(len(v) for v in groups.values())
+    picked = []
+    for key in sorted(groups, key=str):
+        items = list(groups[key])
+        take = min(len(items) - 1, int(round(size * len(items) / total)))
+        if take > 0:
+            picked.extend(items[i] for i in rng.choice(len(items), size=take, replace=False))
+    return picked
+
+
+# -- the project ------------------------------------------------------------------------------
+
+class Project:
+    """An open project. Cheap to create; it reads what it needs from the store."""
+
+    def __init__(self, store: Store, name: str, paths: Paths):
+        self.store = store
+        self.paths = paths
+        row = store.project(name)
+        self.id = row["id"]
+        self.name = row["name"]
+        self.root = Path(row["root"])
+        self.settings = Settings.from_json(row["settings"])
+        self.class_rows = store.classes(self.id)
+        self.class_names = [c["name"] for c in self.class_rows]
+        self.class_index = {c["id"]: i for i, c in enumerate(self.class_rows)}
+        self.cache = EmbeddingCache(paths.cache, self.settings.backbone)
+
+    @classmethod
+    def open(cls, name: str, data_dir: str | Path = "data") -> Project:
+        paths = Paths(Path(data_dir))
+        return cls(Store(paths.database), name, paths)
+
+    # -- preparation: embeddings, hold-out, seeds (each step idempotent, so a crash resumes) --
+
+    def prepare(self, on_progress: Progress | None = None) -> None:
+        self.embed(on_progress)
+        if not self.store.images(self.id, split="holdout"):
+            self.draw_holdout()
+        if not any(e["source"] == "seed" for e in self.store.label_events(self.id)):
+            self.draw_seeds()
+
+    def embed(self, on_progress: Progress | None = None) -> dict[str, str]:
+        """Embed every image not yet in the cache; mark undecodable ones skipped with the reason."""
+        from models.backbones import load_backbone
+
+        images = self.store.images(self.id)
+        missing = set(self.cache.missing([i["hash"] for i in images]))
+        if not missing:
+            return {}
+        backbone = load_backbone(self.settings.backbone)
+        items = [(i["hash"], self.root / i["path"]) for i in images if i["hash"] in missing]
+        failures = fill_cache(self.cache, items, backbone.embed, backbone.image_size,
+                              on_progress=on_progress)
+        for image in images:
+            if image["hash"] in failures:
+                self.store.skip_image(image["id"], failures[image["hash"]])
+        return failures
+
+    def draw_holdout(self) -> list[int]:
+        """Put a random sample of images into the hold-out split (stratified by folder class where
+        known; exact duplicates go together). Labeled folders import the hold-out's labels."""
+        s = self.settings
+        images = self.store.images(self.id)
+        by_hash: dict[str, list[dict]] = {}
+        for image in images:
+            by_hash.setdefault(image["hash"], []).append(image)
+        size = min(s.holdout_size, int(round(s.holdout_fraction * len(by_hash))))
+        groups: dict = {}
+        for key, dupes in by_hash.items():
+            groups.setdefault(dupes[0]["known_class_id"], []).append(key)
+        rng = np.random.default_rng([s.seed, 1])
+        chosen = _stratified_sample(groups, size, rng)
+        ids = [image["id"] for key in chosen for image in by_hash[key]]
+        self.store.set_split(ids, "holdout")
+        known = [(i["id"], i["known_class_id"]) for key in chosen for i in by_hash[key]
+                 if i["known_class_id"] is not None]
+        if known:
+            self.store.add_labels(self.id, known, annotator="folder", source="imported")
+        return ids
+
+    def draw_seeds(self) -> list[int]:
+        """Label `seeds_per_class` random pool images per class from their folder class (labeled
+        folders only; an unlabeled project gets its first labels from people)."""
+        rng = np.random.default_rng([self.settings.seed, 2])
+        pool = [i for i in self.store.images(self.id, split="pool") if i["known_class_id"] is not None]
+        by_class: dict[int, list[int]] = {}
+        for image in pool:
+            by_class.setdefault(image["known_class_id"], []).append(image["id"])
+        seeds = []
+        for class_id in sorted(by_class):
+            ids = by_class[class_id]
+            take = min(self.settings.seeds_per_class, len(ids))
+            seeds.extend((int(i), class_id) for i in rng.choice(ids, size=take, replace=False))
+        if seeds:
+            self.store.add_labels(self.id, seeds, annotator="folder", source="seed")
+        return [i for i, _ in seeds]
+
+    # -- data for training and scoring ----------------------------------------------------------
+
+    def labeled(self, split: str, up_to_event: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(image ids, embeddings, class indices) of the labeled images of a split."""
+        labels = self.store.current_labels(self.id, split=split, up_to_event=up_to_event)
+        ids = np.array(sorted(labels), dtype=np.int64)
+        rows = {i["id"]: i["hash"] for i in self.store.images(self.id, split=split)}
+        X = self.cache.get([rows[i] for i in ids]) if len(ids) else np.zeros((0, 0), np.float32)
+        y = np.array([self.class_index[labels[i]] for i in ids], dtype=np.int64)
+        return ids, X, y
+
+    def embeddings_of(self, images: Sequence[dict]) -> np.ndarray:
+        return self.cache.get([i["hash"] for i in images])
+
+    # -- heads ------------------------------------------------------------------------------
+
+    def current_head(self):
+        from models.heads import SoftmaxHead
+
+        version = self.store.latest_model_version(self.id)
+        if version is None:
+            return None, None
+        return SoftmaxHead.load(version["weights_path"]), version
+
+    def retrain(self, previous=None) -> dict | None:
+        """Train a new head version on every current training label (warm-started from
+        `previous` or the latest version), store it, score it on the hold-out set, store that.
+        Returns the new model version row, or None while fewer than 2 classes have labels."""
+        from models.heads import SoftmaxHead
+
+        last_event = self.store.last_event_id(self.id)
+        ids, X, y = self.labeled("pool", up_to_event=last_event)
+        if len(np.unique(y)) < 2:
+            return None
+        if previous is None:
+            previous, _ = self.current_head()
+        h = self.settings.head
+        head = SoftmaxHead(len(self.class_names), hidden_units=h.hidden_units, dropout=h.dropout,
+                           learning_rate=h.learning_rate, weight_decay=h.weight_decay,
+                           batch_size=h.batch_size, cold_steps=h.cold_steps,
+                           warm_steps=h.warm_steps, seed=self.settings.seed)
+        started = time.perf_counter()
+        head.fit(X, y, warm_start=previous)
+        train_seconds = time.perf_counter() - started
+        version_number = (self.store.latest_model_version(self.id) or {"version": 0})["version"] + 1
+        weights = head.save(self.paths.heads(self.name) / f"v{version_number:05d}-{time.time_ns()}.npz")
+        counts = {self.class_names[c]: int(n) for c, n in zip(*np.unique(y, return_counts=True))}
+        version = self.store.add_model_version(
+            self.id, n_labels=len(y), last_event_id=last_event, class_counts=counts,
+            train_seconds=train_seconds, weights_path=str(weights), backbone=self.settings.backbone)
+        version["head"] = head
+        version["evaluation"] = self.score(head, version)
+        return version
+
+    def score(self, head, version: dict) -> dict | None:
+        """Evaluate `head` on the labeled hold-out images and store the result (with every
+        hold-out image's probabilities)."""
+        ids, X, y = self.labeled("holdout")
+        if not len(ids):
+            return None
+        probs = head.predict_proba(X)
+        summary = evaluate(y, probs, self.class_names)
+        summary["n_labels"] = version["n_labels"]
+        class_ids = [self.class_rows[c]["id"] for c in y]
+        summary["id"] = self.store.add_evaluation(self.id, version["id"], summary, ids, class_ids, probs)
+        return summary
+
+    def status(self) -> dict:
+        images = self.store.images(self.id)
+        labels = self.store.current_labels(self.id)
+        split_of = {i["id"]: i["split"] for i in images}
+        evaluations = self.store.evaluations(self.id)
+        return {
+            "project": self.name, "root": str(self.root), "backbone": self.settings.backbone,
+            "classes": self.class_names, "images": len(images),
+            "pool": sum(s == "pool" for s in split_of.values()),
+            "holdout": sum(s == "holdout" for s in split_of.values()),
+            "skipped": [(i["path"], i["reason"]) for i in self.store.skipped_images(self.id)],
+            "labeled_pool": sum(split_of.get(i) == "pool" for i in labels),
+            "labeled_holdout": sum(split_of.get(i) == "holdout" for i in labels),
+            "model_versions": len(self.store.model_versions(self.id)),
+            "accuracy": evaluations[-1]["accuracy"] if evaluations else None,
+        }
+
+
+def create_project(store: Store, name: str, folder: str | Path, paths: Paths,
+                   class_names: Sequence[str] | None = None, settings: Settings | None = None,
+                   on_progress: Progress | None = None) -> Project:
+    """Register every image under `folder` (hashing each), then embed, draw the hold-out set and
+    the seed labels. Files that cannot be read are kept as skipped, with their reason."""
+    settings = settings or Settings()
+    labeled = class_names is None
+    found, folder_classes, refused = scan_folder(folder, labeled)
+    classes = folder_classes if labeled else list(dict.fromkeys(class_names))
+    root = Path(folder).expanduser().resolve()
+    try:
+        project_id = store.create_project(name, str(root), settings.to_json(), classes)
+    except StoreError as exc:
+        raise ProjectError(str(exc)) from None
+    class_ids = {c["name"]: c["id"] for c in store.classes(project_id)}
+    rows = []
+    for relative, label in found:
+        row = {"path": relative, "split": "pool",
+               "known_class_id": class_ids[label] if label else None}
+        try:
+            row["hash"] = content_hash(read_bytes(root / relative))
+        except ImageError as exc:
+            row.update(hash="", status="skipped", reason=str(exc))
+        rows.append(row)
+    rows += [{"path": p, "split": "pool", "hash": "", "status": "skipped", "reason": reason}
+             for p, reason in refused]
+    store.add_images(project_id, rows)
+    project = Project(store, name, paths)
+    project.prepare(on_progress)
+    return project
+
+
+def open_or_create_dataset_project(spec: str, paths: Paths, name: str | None = None,
+                                   settings: Settings | None = None,
+                                   on_progress: Progress | None = None,
+                                   data_dir: str | Path | None = None) -> Project:
+    """The project for a named dataset (see loop.datasets; written out under `data_dir`, default
+    the data root) or a labeled folder, created on first use and reopened afterwards."""
+    from loop.datasets import DATASETS, resolve
+
+    folder = resolve(spec, data_dir or paths.root)
+    if name is None:
+        name = (spec.replace(":", "-") if spec.partition(":")[0] in DATASETS
+                else folder.resolve().name.replace(" ", "_"))
+    store = Store(paths.database)
+    try:
+        store.project(name)
+    except StoreError:
+        return create_project(store, name, folder, paths, settings=settings, on_progress=on_progress)
+    project = Project(store, name, paths)
+    project.prepare(on_progress)
+    return project

@@ -1,0 +1,66 @@
+"""What to ask people next: pool images chosen by the project's strategy, with hold-out images
+(drawn at random when the project was made, never by the strategy) interleaved while the hold-out
+set still lacks labels. Each query carries the model's suggestion and which version made it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from loop.project import Project
+from loop.strategies import get_strategy
+
+
+@dataclass
+class Query:
+    image_id: int
+    path: str
+    split: str                    # "pool": feeds training; "holdout": feeds scoring only
+    suggestion: str | None
+    confidence: float | None
+    model_version: int | None
+
+
+def next_queries(project: Project, n: int, head=None, model_version: int | None = None,
+                 rng: np.random.Generator | None = None, exclude: set[int] = frozenset()) -> list[Query]:
+    """Up to `n` unlabeled images to ask about, most wanted first. `head` (default: the latest
+    stored version) scores the candidates; `exclude` holds image ids already handed out."""
+    rng = rng or np.random.default_rng()
+    if head is None:
+        head, row = project.current_head()
+        model_version = row["version"] if row else None
+    labels = project.store.current_labels(project.id)
+    unlabeled = [i for i in project.store.images(project.id)
+                 if i["id"] not in labels and i["id"] not in exclude]
+    pool = [i for i in unlabeled if i["split"] == "pool"]
+    holdout = [i for i in unlabeled if i["split"] == "holdout"]
+    every = project.settings.holdout_every
+    n_holdout = min(len(holdout), -(-n // every) if holdout else 0)
+    n_pool = min(len(pool), n - n_holdout)
+    n_holdout = min(len(holdout), n - n_pool)
+
+    picked_pool, pool_probs = [], None
+    if n_pool:
+        if head is not None:
+            pool_probs = head.predict_proba(project.embeddings_of(pool))
+            order = get_strategy(project.settings.strategy)(pool_probs, n_pool, rng)
+        else:  # no model yet: nothing to be uncertain about, ask at random
+            order = rng.permutation(len(pool))[:n_pool]
+        picked_pool = [(pool[i], None if pool_probs is None else pool_probs[i]) for i in order]
+    picked_holdout = [(holdout[i], None) for i in rng.permutation(len(holdout))[:n_holdout]]
+    if picked_holdout and head is not None:
+        probs = head.predict_proba(project.embeddings_of([h for h, _ in picked_holdout]))
+        picked_holdout = [(h, p) for (h, _), p in zip(picked_holdout, probs)]
+
+    queries: list[Query] = []
+    while picked_pool or picked_holdout:
+        take_holdout = picked_holdout and (len(queries) % every == every - 1 or not picked_pool)
+        image, probs = (picked_holdout if take_holdout else picked_pool).pop(0)
+        queries.append(Query(
+            image_id=image["id"], path=image["path"], split=image["split"],
+            suggestion=None if probs is None else project.class_names[int(np.argmax(probs))],
+            confidence=None if probs is None else float(np.max(probs)),
+            model_version=model_version if probs is not None else None))
+    return queries

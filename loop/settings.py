@@ -1,0 +1,57 @@
+"""Every tunable of a project in one dataclass, stored with the project as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from models.backbones import BACKBONES, DEFAULT_BACKBONE
+
+
+@dataclass(frozen=True)
+class HeadSettings:
+    hidden_units: int = 0
+    dropout: float = 0.0
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-3
+    batch_size: int = 256
+    cold_steps: int = 300
+    warm_steps: int = 100
+
+
+@dataclass(frozen=True)
+class Settings:
+    backbone: str = DEFAULT_BACKBONE
+    seeds_per_class: int = 1          # labels per class to start from (1 to 3)
+    holdout_fraction: float = 0.2     # share of images kept out for scoring ...
+    holdout_size: int = 500           # ... but never more than this many
+    strategy: str = "margin"
+    batch_size: int = 10              # labels per batch (one retrain each)
+    holdout_every: int = 3            # while hold-out images lack labels, every Nth query is one
+    seed: int = 0
+    head: HeadSettings = field(default_factory=HeadSettings)
+
+    def __post_init__(self):
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone '{self.backbone}'; known: {', '.join(BACKBONES)}")
+        if not 1 <= self.seeds_per_class <= 3:
+            raise ValueError(f"seeds_per_class must be 1, 2 or 3, got {self.seeds_per_class}")
+        if not 0 < self.holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction must lie in (0, 1), got {self.holdout_fraction}")
+        if self.holdout_size < 1 or self.batch_size < 1 or self.holdout_every < 1:
+            raise ValueError("holdout_size, batch_size and holdout_every must be positive")
+        from loop.strategies import get_strategy
+        get_strategy(self.strategy)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        values = json.loads(text)
+        values["head"] = HeadSettings(**values.get("head", {}))
+        return cls(**values)
+
+    def replace(self, **changes) -> Settings:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,75 @@
+import csv
+
+import numpy as np
+import pytest
+
+from loop.__main__ import main
+from loop.replay import CURVE_COLUMNS, Labeler, parse_labeler, replay
+from tests.conftest import SHARED_DATA
+
+
+def run(out, **options):
+    settings = dict(dataset="demo", strategy="margin", labeler="perfect", batch=10, budget=40,
+                    seed=0, data_dir=SHARED_DATA, log=lambda *_: None)
+    settings.update(options)
+    return replay(out=out, **settings)
+
+
+def test_accuracy_rises_with_labels_and_outputs_are_written(tmp_path, demo_project):
+    rows = run(tmp_path / "a", budget=80)
+    assert [r["labels"] for r in rows] == list(range(10, 100, 10))
+    assert rows[-1]["accuracy"] > rows[0]["accuracy"] + 0.1
+    assert rows[-1]["accuracy"] > 0.75
+    with open(tmp_path / "a" / "curve.csv") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == CURVE_COLUMNS and len(table) == len(rows)
+    assert float(table[0]["coverage_argmax"]) == 1.0
+    assert (tmp_path / "a" / "curve.png").stat().st_size > 10_000
+
+
+def test_same_seed_same_output(tmp_path, demo_project):
+    run(tmp_path / "a", strategy="random", seed=3)
+    run(tmp_path / "b", strategy="random", seed=3)
+    run(tmp_path / "c", strategy="random", seed=4)
+    first, again, other = ((tmp_path / d / "curve.csv").read_text() for d in "abc")
+    assert first == again
+    assert first != other
+
+
+def test_noisy_labeler_answers_wrong_at_its_rate():
+    rng = np.random.default_rng(0)
+    labeler = parse_labeler("noisy:0.3")
+    answers = np.array([labeler.answer(2, 10, rng) for _ in range(4000)])
+    assert abs((answers != 2).mean() - 0.3) < 0.03
+    assert np.bincount(answers[answers != 2], minlength=10)[2] == 0
+    assert Labeler("perfect").answer(5, 10, rng) == 5
+
+
+def test_noisy_replay_stores_simulated_labels(tmp_path, demo_project):
+    rows = run(tmp_path / "n", labeler="noisy:0.5", budget=20, seed_per_class=2)
+    assert rows[0]["labels"] == 20 and rows[-1]["labels"] == 40
+    from loop.project import Project
+    project = Project.open("replay", tmp_path / "n" / "replay")
+    events = project.store.label_events(project.id)
+    simulated = [e for e in events if e["source"] == "simulated"]
+    assert len(simulated) == 20 and all(e["annotator"] == "simulated-noisy:0.5" for e in simulated)
+    truth = {i["id"]: i["known_class_id"] for i in project.store.images(project.id)}
+    wrong = sum(e["class_id"] != truth[e["image_id"]] for e in simulated)
+    assert 3 <= wrong <= 17
+
+
+@pytest.mark.parametrize("spec", ["sloppy", "noisy:1.5", "noisy:x", "slow:-1", "perfect:2"])
+def test_bad_labeler_specs(spec):
+    with pytest.raises(ValueError, match="perfect, noisy:P"):
+        parse_labeler(spec)
+
+
+def test_command_line_replay_and_errors(tmp_path, demo_project, capsys):
+    code = main(["--data", str(SHARED_DATA), "replay", "--dataset", "demo", "--strategy", "random",
+                 "--labeler", "perfect", "--budget", "10", "--out", str(tmp_path / "cli")])
+    assert code == 0 and (tmp_path / "cli" / "curve.csv").exists()
+    assert "wrote" in capsys.readouterr().out
+    assert main(["replay", "--dataset", "imagenet", "--out", str(tmp_path / "x")]) == 2
+    assert "neither a known dataset" in capsys.readouterr().err
+    assert main(["replay", "--dataset", "demo", "--strategy", "psychic", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown strategy 'psychic'" in capsys.readouterr().err
