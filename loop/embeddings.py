@@ -95,7 +95,7 @@ class EmbeddingCache:
 
 def fill_cache(cache: EmbeddingCache, items: Sequence[tuple[str, str | Path]],
                embed_batch: Callable[[np.ndarray], np.ndarray], image_size: int,
-               batch_size: int = 64, shard_size: int = 1024,
+               batch_size: int = 8, shard_size: int = 1024,
                on_progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
     """Embed the (hash, path) items whose hash is not cached yet; returns {hash: reason} for the
     files that could not be decoded. Progress is saved every `shard_size` images."""

@@ -13,8 +13,8 @@ from models.backbones import BACKBONES, DEFAULT_BACKBONE
 class HeadSettings:
     hidden_units: int = 0
     dropout: float = 0.0
-    learning_rate: float = 3e-3
-    weight_decay: float = 1e-3
+    learning_rate: float = 1e-3
+    weight_decay: float = 1.0
     batch_size: int = 256
     cold_steps: int = 300
     warm_steps: int = 100

