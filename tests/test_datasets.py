@@ -24,8 +24,9 @@ def test_subset_drops_duplicates_and_balances():
     images[5, 0, 0] = 2
     labels = np.array([0, 0, 0, 1, 1, 1])
     picked, picked_labels = subset(images, labels, per_class=5)
-    assert len(picked) == 4                       # the duplicates of image 0 in class 0 are gone
-    assert len({p.tobytes() for p in picked}) == 4
+    # Distinct pictures: 0 (zeros) and 1 in class 0; in class 1 only image 5 is new.
+    assert len(picked) == 3 and picked_labels.tolist() == [0, 0, 1]
+    assert len({p.tobytes() for p in picked}) == 3
 
 
 def test_materialize_writes_a_class_folder_tree_once(tmp_path):
