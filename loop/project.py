@@ -141,6 +141,8 @@ class Project:
             self.draw_holdout()
         if not any(e["source"] == "seed" for e in self.store.label_events(self.id)):
             self.draw_seeds()
+        if self.store.latest_model_version(self.id) is None:
+            self.retrain()   # the first version, from the seeds (None while they are too few)
 
     def embed(self, on_progress: Progress | None = None) -> dict[str, str]:
         """Embed every image not yet in the cache; mark undecodable ones skipped with the reason."""

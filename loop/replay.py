@@ -134,8 +134,7 @@ def replay(dataset: str, out: str | Path, strategy: str = "margin", labeler: str
                            "(one sub-folder per class)")
     truth = {i["id"]: project.class_index[i["known_class_id"]] for i in pool}
     rng = np.random.default_rng([seed, 3])
-    trainer = Trainer(project)
-    trainer.wait(trainer.request())
+    trainer = Trainer(project)   # starts from the version trained on the seeds
     spent = 0
     try:
         while spent < budget:

@@ -23,11 +23,13 @@ class Trainer:
         self.on_version = on_version
         self.versions: list[dict] = []
         self.errors: list[str] = []
+        self._head, row = project.current_head()   # warm-start from what the store already has
+        if row is not None:
+            self.versions.append({**row, "head": self._head})
         self._condition = threading.Condition()
         self._requested = 0      # requests made
         self._started = 0        # requests covered by the retrain running or done
         self._finished = 0       # requests covered by a finished retrain
-        self._head = None
         self._stop = False
         self._thread = threading.Thread(target=self._run, name=f"trainer-{project.name}", daemon=True)
         self._thread.start()

@@ -84,11 +84,13 @@ def test_retrain_stores_version_and_scored_holdout(tmp_path, demo_folder, paths)
     root = small_folder(demo_folder, tmp_path / "animals")
     project = create_project(Store(paths.database), "a", root, paths,
                              settings=Settings(seeds_per_class=3, holdout_fraction=0.3))
+    first = project.store.latest_model_version(project.id)
+    assert first["version"] == 1 and first["n_labels"] == 9          # trained on the seeds at once
     version = project.retrain()
-    assert version["version"] == 1 and version["n_labels"] == 9
+    assert version["version"] == 2 and version["n_labels"] == 9
     assert os.path.exists(version["weights_path"])
     assert version["last_event_id"] == project.store.last_event_id(project.id)
-    evaluation = project.store.evaluations(project.id)[0]
+    evaluation = project.store.evaluations(project.id)[-1]
     ids, classes, probs = project.store.holdout_predictions(evaluation["id"])
     assert len(ids) == evaluation["n_holdout"] == len(project.store.images(project.id, split="holdout"))
     np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
@@ -97,7 +99,7 @@ def test_retrain_stores_version_and_scored_holdout(tmp_path, demo_folder, paths)
     queries = next_queries(project, 50)
     holdout = {i["id"] for i in project.store.images(project.id, split="holdout")}
     assert queries and not {q.image_id for q in queries} & holdout
-    assert all(q.model_version == 1 and q.suggestion in CLASSES for q in queries)
+    assert all(q.model_version == 2 and q.suggestion in CLASSES for q in queries)
 
 
 def test_flat_folder_asks_for_holdout_labels_interleaved(tmp_path, demo_folder, paths):
@@ -162,5 +164,7 @@ def test_trainer_folds_batches_that_arrive_during_a_retrain(tmp_path, demo_folde
     assert trainer.wait(timeout=60)
     trainer.close()
     assert not trainer.errors
-    assert len(trainer.versions) == 2       # the first request, then one retrain for all three
+    # The stored seed version, the first request's retrain, then ONE retrain for all three
+    # later requests, which has every label.
+    assert len(trainer.versions) == 3
     assert trainer.versions[-1]["n_labels"] == 3 + 3
