@@ -48,6 +48,15 @@ def block_layout(state: dict[str, np.ndarray]) -> list[dict]:
     return blocks
 
 
+def torch_name(layer_name: str) -> str:
+    """The state-dict prefix of a Keras layer. Keras names carry no dots (torch, as a Keras
+    backend, refuses dotted parameter names): 'blocks_3_expand_conv' <-> '_blocks.3._expand_conv'.
+    """
+    if m := re.fullmatch(r"blocks_(\d+)_(\w+)", layer_name):
+        return f"_blocks.{m.group(1)}._{m.group(2)}"
+    return layer_name
+
+
 # Each convolution and the batch norm folded into it, as named in the state dict.
 def _conv_to_bn(conv: str) -> str:
     if conv == "_conv_stem":
@@ -70,14 +79,14 @@ def build_efficientnet_lite(state: dict[str, np.ndarray], image_size: int,
     x = keras.layers.Conv2D(stem_channels, 3, strides=2, padding="same", name="_conv_stem")(inputs)
     x = relu6(x)
     for block in block_layout(state):
-        p = f"_blocks.{block['index']}."
+        p = f"blocks_{block['index']}_"
         shortcut = x
         if block["has_expand"]:
-            x = relu6(keras.layers.Conv2D(block["expanded"], 1, name=p + "_expand_conv")(x))
+            x = relu6(keras.layers.Conv2D(block["expanded"], 1, name=p + "expand_conv")(x))
         x = keras.layers.DepthwiseConv2D(block["kernel"], strides=block["stride"], padding="same",
-                                         name=p + "_depthwise_conv")(x)
+                                         name=p + "depthwise_conv")(x)
         x = relu6(x)
-        x = keras.layers.Conv2D(block["out"], 1, name=p + "_project_conv")(x)
+        x = keras.layers.Conv2D(block["out"], 1, name=p + "project_conv")(x)
         if block["stride"] == 1 and block["in"] == block["out"]:
             x = keras.layers.Add()([x, shortcut])
     x = relu6(keras.layers.Conv2D(state["_conv_head.weight"].shape[0], 1, name="_conv_head")(x))
@@ -94,7 +103,7 @@ def _keras_weights(layer, state: dict[str, np.ndarray], used: set[str]) -> list[
         used.add(key)
         return state[key]
 
-    name = layer.name
+    name = torch_name(layer.name)
     if isinstance(layer, keras.layers.Conv2D | keras.layers.DepthwiseConv2D):
         bn = _conv_to_bn(name)
         used.add(bn + ".num_batches_tracked")
