@@ -52,6 +52,17 @@ SCHEMA = {
                             {"pk": ("evaluation_id", "image_id"),
                              "foreign_keys": [("evaluation_id", "evaluations", "id"),
                                               ("image_id", "images", "id")]}),
+    # Who is looking at which image now: a lease expires, so a closed tab frees its images.
+    "leases": ({"project_id": int, "image_id": int, "annotator": str, "leased_at": float,
+                "expires_at": float},
+               {"pk": ("project_id", "image_id"),
+                "foreign_keys": [("project_id", "projects", "id"), ("image_id", "images", "id")]}),
+    # Answers given but not yet submitted: kept in the database so a refresh loses none.
+    "drafts": ({"project_id": int, "annotator": str, "image_id": int, "class_id": int,
+                "skipped": int, "created_at": float},
+               {"pk": ("project_id", "annotator", "image_id"),
+                "foreign_keys": [("project_id", "projects", "id"), ("image_id", "images", "id"),
+                                 ("class_id", "classes", "id")]}),
 }
 INDEXES = [
     ("classes", ["project_id", "name"], True),
@@ -238,6 +249,70 @@ class Store:
         row = self.db.execute("SELECT max(id) FROM label_events WHERE project_id = ?",
                               [project_id]).fetchone()
         return row[0] or 0
+
+    # -- leases and drafts: several annotators at once ------------------------------------------
+
+    def lease(self, project_id: int, image_ids: Sequence[int], annotator: str,
+              seconds: float = 900) -> list[int]:
+        """Lease the images to `annotator` for `seconds`, skipping any another annotator holds
+        (atomically: two annotators asking at once never both get one). Returns those granted."""
+        now = time.time()
+        granted = []
+        with self.transaction():
+            for image_id in image_ids:
+                holder = self.db.execute(
+                    "SELECT annotator FROM leases WHERE project_id = ? AND image_id = ? AND expires_at > ?",
+                    [project_id, int(image_id), now]).fetchone()
+                if holder is not None and holder[0] != annotator:
+                    continue
+                self.db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
+                                [project_id, int(image_id), annotator, now, now + seconds])
+                granted.append(int(image_id))
+        return granted
+
+    def leases(self, project_id: int, annotator: str | None = None) -> list[dict]:
+        """Unexpired leases (of one annotator, or all), oldest first."""
+        sql, args = "SELECT * FROM leases WHERE project_id = ? AND expires_at > ?", [project_id, time.time()]
+        if annotator is not None:
+            sql += " AND annotator = ?"
+            args.append(annotator)
+        return list(self.db.query(sql + " ORDER BY leased_at, image_id", args))
+
+    def release(self, project_id: int, image_ids: Sequence[int], annotator: str) -> None:
+        with self.transaction():
+            for image_id in image_ids:
+                self.db.execute("DELETE FROM leases WHERE project_id = ? AND image_id = ? AND annotator = ?",
+                                [project_id, int(image_id), annotator])
+
+    def save_draft(self, project_id: int, annotator: str, image_id: int, class_id: int | None) -> None:
+        """Record an answer (a class id, or None for skip) not yet submitted; renews the lease."""
+        now = time.time()
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO drafts VALUES (?, ?, ?, ?, ?, ?)",
+                            [project_id, annotator, int(image_id), class_id, int(class_id is None), now])
+            self.db.execute("UPDATE leases SET expires_at = max(expires_at, ?) WHERE project_id = ? "
+                            "AND annotator = ?", [now + 900, project_id, annotator])
+
+    def drafts(self, project_id: int, annotator: str) -> list[dict]:
+        return list(self.db.query("SELECT * FROM drafts WHERE project_id = ? AND annotator = ? "
+                                  "ORDER BY created_at, rowid", [project_id, annotator]))
+
+    def delete_draft(self, project_id: int, annotator: str, image_id: int) -> None:
+        self.db.execute("DELETE FROM drafts WHERE project_id = ? AND annotator = ? AND image_id = ?",
+                        [project_id, annotator, int(image_id)])
+
+    def submit_drafts(self, project_id: int, annotator: str, source: str = "human") -> list[int]:
+        """Turn the annotator's drafts into label events, all in one transaction, and free their
+        images. Skipped images are freed unlabeled. Returns the labeled image ids."""
+        with self.transaction():
+            drafts = self.drafts(project_id, annotator)
+            labels = [(d["image_id"], d["class_id"]) for d in drafts if not d["skipped"]]
+            if labels:
+                self.add_labels(project_id, labels, annotator, source)
+            self.db.execute("DELETE FROM drafts WHERE project_id = ? AND annotator = ?",
+                            [project_id, annotator])
+            self.release(project_id, [d["image_id"] for d in drafts], annotator)
+        return [i for i, _ in labels]
 
     def label_events(self, project_id: int) -> list[dict]:
         return list(self.db["label_events"].rows_where("project_id = ?", [project_id], order_by="id"))

@@ -84,3 +84,16 @@ class Trainer:
             with self._condition:
                 self._finished = covered
                 self._condition.notify_all()
+
+
+_trainers: dict[tuple[str, int], Trainer] = {}
+_trainers_lock = threading.Lock()
+
+
+def trainer_for(project: Project) -> Trainer:
+    """The one background trainer of a project in this process (all sessions share it)."""
+    key = (project.store.path, project.id)
+    with _trainers_lock:
+        if key not in _trainers:
+            _trainers[key] = Trainer(project)
+        return _trainers[key]
