@@ -1,97 +1,352 @@
 """Juicer in the browser: `streamlit run app.py` opens the demo project (creating it on first start).
 
-A thin page: every action is a call into `loop/`; this file only draws. The full labeling UI comes
-with the app issue; this page shows the project, its learning curve, the decision rules, and lets
-an annotator label the next queued images.
+A thin shell: every action is a call into `loop/` (sessions, evaluation, export); this file draws.
+Pages: Label (annotators, keyboard first), Curve (leads: learning curve, per-class accuracy, the
+hold-out gallery), Rules (auto-accept thresholds), Project (create, embed, export).
 """
 
 from __future__ import annotations
 
+import io
 import os
+import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
+from PIL import Image
 
-from loop.project import Paths, Project, open_or_create_dataset_project
-from loop.queue import next_queries
+from loop.evaluation import risk_coverage
+from loop.export import to_csv, to_image_folder, to_json
+from loop.project import Paths, Project, create_project, open_or_create_dataset_project
 from loop.replay import curve_rows
+from loop.session import LabelingSession
+from loop.settings import Settings
+from loop.store import Store, StoreError
+from loop.trainer import trainer_for
+from models.backbones import BACKBONES
 
-DATA_DIR = os.environ.get("JUICER_DATA", "data")
-PROJECT = os.environ.get("JUICER_PROJECT", "demo")
-DATASET = os.environ.get("JUICER_DATASET", "demo")   # a bundled dataset name or a labeled folder
+DATA_DIR = Path(os.environ.get("JUICER_DATA", "data"))
+DEFAULT_PROJECT = os.environ.get("JUICER_PROJECT", "demo")
+DEFAULT_DATASET = os.environ.get("JUICER_DATASET", "demo")  # a bundled dataset name or labeled folder
+KEYS = [str(k) for k in range(1, 10)] + ["0"]
 
 
 @st.cache_resource(show_spinner=False)
-def open_project(name: str) -> Project:
-    paths = Paths(Path(DATA_DIR))
-    bar = st.progress(0.0, text="Embedding the demo images (first start only)...")
+def paths() -> Paths:
+    return Paths(DATA_DIR)
 
-    def progress(done: int, total: int) -> None:
-        bar.progress(done / max(total, 1), text=f"Embedding images: {done} / {total}")
 
-    project = open_or_create_dataset_project(DATASET, paths, name=name, on_progress=progress)
+@st.cache_resource(show_spinner=False)
+def open_demo() -> None:
+    """Create the demo project on first start, with a progress bar while it embeds."""
+    bar = st.progress(0.0, text="Preparing the demo project (first start only)...")
+    open_or_create_dataset_project(DEFAULT_DATASET, paths(), name=DEFAULT_PROJECT,
+                                   on_progress=lambda done, total: bar.progress(
+                                       done / max(total, 1), text=f"Embedding images: {done} / {total}"))
     bar.empty()
-    return project
 
 
-st.set_page_config(page_title="Juicer", layout="wide")
-project = open_project(PROJECT)
-status = project.status()
-st.title(f"Juicer: {project.name}")
-cols = st.columns(5)
-cols[0].metric("images", status["images"])
-cols[1].metric("labeled (training)", status["labeled_pool"])
-cols[2].metric("hold-out", status["labeled_holdout"])
-cols[3].metric("model versions", status["model_versions"])
-cols[4].metric("hold-out accuracy", "-" if status["accuracy"] is None else f"{status['accuracy']:.1%}")
+@st.cache_resource(show_spinner=False)
+def project_named(name: str) -> Project:
+    return Project(Store(paths().database), name, paths())
 
-label_tab, curve_tab, rules_tab = st.tabs(["Label", "Learning curve", "Decision rules"])
 
-with label_tab:
-    annotator = st.text_input("Your name", value=st.session_state.get("annotator", ""))
-    queries = next_queries(project, 6)
-    if not queries:
-        st.info("Every image is labeled.")
-    with st.form("batch"):
-        choices = {}
-        columns = st.columns(max(len(queries), 1))
-        for column, query in zip(columns, queries):
-            column.image(str(project.root / query.path), width=140)
-            hint = (f"model v{query.model_version}: {query.suggestion} ({query.confidence:.0%})"
-                    if query.suggestion else "no model yet")
-            column.caption(("hold-out · " if query.split == "holdout" else "") + hint)
-            options = ["(skip)"] + project.class_names
-            default = options.index(query.suggestion) if query.suggestion else 0
-            choices[query.image_id] = column.selectbox("label", options, index=default,
-                                                       key=f"label-{query.image_id}")
-        submitted = st.form_submit_button("Submit batch and retrain", shortcut="Enter")
-    if submitted:
-        if not annotator.strip():
-            st.error("Enter your name first: every label records who gave it.")
+@st.cache_data(max_entries=4096, show_spinner=False)
+def picture(path: str, size: int) -> bytes:
+    """An image scaled for display (small images are enlarged without blurring)."""
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        scale = size / max(img.size)
+        resample = Image.NEAREST if scale > 2 else Image.BILINEAR
+        img = img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale))), resample)
+        buffer = io.BytesIO()
+        img.save(buffer, "PNG")
+        return buffer.getvalue()
+
+
+def sidebar() -> tuple[Project, str]:
+    names = [p["name"] for p in Store(paths().database).projects()]
+    chosen = st.query_params.get("project", DEFAULT_PROJECT)
+    name = st.sidebar.selectbox("Project", names, index=names.index(chosen) if chosen in names else 0)
+    st.query_params["project"] = name
+    # The name lives in the address, so a refresh or a bookmark keeps it.
+    annotator = st.sidebar.text_input("Your name (recorded with every label)",
+                                      value=st.query_params.get("annotator", ""))
+    if annotator.strip():
+        st.query_params["annotator"] = annotator.strip()
+    project = project_named(name)
+    status = project.status()
+    st.sidebar.metric("labeled (training)", status["labeled_pool"])
+    st.sidebar.metric("model versions", status["model_versions"])
+    st.sidebar.metric("hold-out accuracy",
+                      "-" if status["accuracy"] is None else f"{status['accuracy']:.1%}")
+    return project, annotator.strip()
+
+
+# -- Label page ---------------------------------------------------------------------------------
+
+def _act(session: LabelingSession, image_id: int, action: str, class_name: str | None = None) -> None:
+    started = time.perf_counter()
+    try:
+        if action == "answer":
+            if session.answer(image_id, class_name):
+                st.session_state["notice"] = "Batch submitted; the model retrains in the background."
+        elif action == "undo":
+            undone = session.undo()
+            st.session_state["notice"] = "Nothing to undo." if undone is None else "Undone."
+        elif action == "submit":
+            n = len(session.submit())
+            st.session_state["notice"] = f"Submitted {n} label(s); retraining in the background."
+    except StoreError as exc:
+        st.session_state["notice"] = f"Not stored: {exc}"
+    st.session_state["action_started"] = started
+
+
+def _answer_other(session: LabelingSession, image_id: int) -> None:
+    chosen = st.session_state.pop("other", None)
+    if chosen:
+        _act(session, image_id, "answer", chosen)
+
+
+@st.fragment
+def label_one(project: Project, annotator: str) -> None:
+    session = LabelingSession(project, annotator, trainer_for(project))
+    item = session.current()
+    if item is None:
+        st.success("Nothing left to label in this project.")
+        return
+    left, right = st.columns([2, 3])
+    left.image(picture(str(project.root / item.path), 320), width=320)
+    with right:
+        if item.split == "holdout":
+            st.markdown("**Hold-out image**: it scores the model and is never trained on, so "
+                        "no suggestion is shown. Pick its class.")
+        elif item.suggestion:
+            st.markdown(f"### {item.suggestion}  \n{item.confidence:.0%} confident, suggested by "
+                        f"model v{item.model_version}")
         else:
-            st.session_state["annotator"] = annotator.strip()
-            labels = [(i, c) for i, c in choices.items() if c != "(skip)"]
-            if labels:
-                project.store.add_labels(project.id, labels, annotator=annotator.strip(), source="human")
-                with st.spinner("Retraining..."):
-                    project.retrain()
-            st.rerun()
+            st.markdown("No model yet: pick the class.")
+        st.button(f"Confirm {item.suggestion or ''} (Enter)", type="primary", shortcut="Enter",
+                  disabled=item.suggestion is None, on_click=_act,
+                  args=(session, item.image_id, "answer", item.suggestion), key="confirm")
+        columns = st.columns(5)
+        for k, name in enumerate(project.class_names[:len(KEYS)]):
+            columns[k % 5].button(f"{KEYS[k]} {name}", shortcut=KEYS[k], on_click=_act,
+                                  args=(session, item.image_id, "answer", name), key=f"class-{k}")
+        if len(project.class_names) > len(KEYS):
+            st.selectbox("Other class", project.class_names[len(KEYS):], index=None, key="other",
+                         on_change=_answer_other, args=(session, item.image_id))
+        a, b, c = st.columns(3)
+        a.button("Skip (S)", shortcut="s", on_click=_act, args=(session, item.image_id, "answer", None))
+        b.button("Undo (U)", shortcut="u", on_click=_act, args=(session, item.image_id, "undo"))
+        c.button("Submit batch now (B)", shortcut="b", on_click=_act, args=(session, item.image_id, "submit"))
+    pending = session.pending()
+    version = session.latest_version()
+    trainer = trainer_for(project)
+    st.caption(f"{len(pending)} of {session.batch_size} answers in this batch (kept if you refresh) · "
+               f"newest model v{version['version'] if version else '-'}"
+               f"{' · retraining…' if trainer.busy else ''}")
+    if "notice" in st.session_state:
+        st.info(st.session_state.pop("notice"))
+    if "action_started" in st.session_state:
+        server_ms = 1000 * (time.perf_counter() - st.session_state.pop("action_started"))
+        st.session_state.setdefault("server_ms", []).append(server_ms)
+        st.caption(f"server time for the last answer: {server_ms:.0f} ms")
+    st.markdown(f'<span id="current-image" data-image="{item.image_id}"></span>', unsafe_allow_html=True)
 
-with curve_tab:
+
+def label_grid(project: Project, annotator: str) -> None:
+    session = LabelingSession(project, annotator, trainer_for(project))
+    name = st.selectbox("Class to confirm", project.class_names)
+    items = session.grid(name, n=12)
+    if not items:
+        st.info("No unlabeled images are predicted as this class (or there is no model yet).")
+        return
+    st.caption("Click the images that are NOT this class, then confirm the rest.")
+    rejected = set()
+    columns = st.columns(6)
+    for k, item in enumerate(items):
+        with columns[k % 6]:
+            st.image(picture(str(project.root / item.path), 120), width=120)
+            if st.checkbox(f"wrong ({item.confidence:.0%})", key=f"reject-{item.image_id}"):
+                rejected.add(item.image_id)
+    if st.button(f"Confirm {len(items) - len(rejected)} as {name}", type="primary"):
+        labeled = session.confirm_grid(name, items, rejected)
+        st.success(f"Labeled {len(labeled)} image(s) as {name}; retraining in the background.")
+        st.rerun()
+
+
+def label_page() -> None:
+    project, annotator = sidebar()
+    st.title(f"Label: {project.name}")
+    if not annotator:
+        st.warning("Enter your name in the sidebar first: every label records who gave it.")
+        return
+    mode = st.radio("Mode", ["One by one", "Grid"], horizontal=True, label_visibility="collapsed")
+    if mode == "One by one":
+        st.caption("Keys: Enter confirms the suggestion · 1-9, 0 pick a class · S skips · U undoes · "
+                   "B submits the batch now")
+        label_one(project, annotator)
+    else:
+        label_grid(project, annotator)
+
+
+# -- Curve page ------------------------------------------------------------------------------
+
+def curve_page() -> None:
+    project, _ = sidebar()
+    st.title(f"Learning curve: {project.name}")
+    live_curve(project)
+    gallery(project)
+
+
+@st.fragment(run_every=5)
+def live_curve(project: Project) -> None:
     rows = curve_rows(project)
-    if rows:
-        frame = pd.DataFrame(rows).set_index("labels")
-        st.line_chart(frame[["accuracy", "balanced_accuracy"]])
-        st.caption("Hold-out accuracy after each retrain. The forecast of labels still needed "
-                   "comes with the forecaster issue.")
-    else:
-        st.info("No model yet.")
+    if not rows:
+        st.info("No model yet: the curve starts with the first retrain.")
+        return
+    frame = pd.DataFrame(rows)
+    last = rows[-1]
+    st.markdown(f"**{last['accuracy']:.1%}** hold-out accuracy with **{last['labels']}** labels "
+                f"(model v{last['version']}, {len(rows)} retrains).")
+    st.line_chart(frame.set_index("labels")[["accuracy", "balanced_accuracy"]], height=280)
+    st.caption("Provisional: the forecast of how many more labels a target accuracy needs comes "
+               "with the forecaster; until then only the measured points are shown, no fitted curve.")
+    evaluation = project.store.evaluations(project.id)[-1]
+    per_class = pd.DataFrame({"class": list(evaluation["per_class"]),
+                              "accuracy": list(evaluation["per_class"].values())})
+    per_class = per_class.sort_values("accuracy")
+    st.markdown("**Per-class accuracy** (the classes at the top need labels most)")
+    st.dataframe(per_class, hide_index=True)
 
-with rules_tab:
+
+def gallery(project: Project) -> None:
     evaluations = project.store.evaluations(project.id)
-    if evaluations:
-        rules = pd.DataFrame(evaluations[-1]["rules"])[["rule", "coverage", "accuracy", "errors_per_100"]]
-        st.dataframe(rules, hide_index=True)
-    else:
+    if not evaluations:
+        return
+    st.subheader("Hold-out gallery")
+    versions = {f"v{e['version']} ({e['n_labels']} labels)": e for e in evaluations}
+    labels = list(versions)
+    a, b, c, d = st.columns(4)
+    chosen = versions[a.selectbox("Model", labels, index=len(labels) - 1)]
+    compare = b.selectbox("Compare with", ["-"] + labels)
+    only = c.selectbox("True class", ["all"] + project.class_names)
+    low, high = d.slider("Confidence", 0.0, 1.0, (0.0, 1.0))
+    ids, classes, probs = project.store.holdout_predictions(chosen["id"])
+    index_of = {cid: i for i, cid in enumerate(c["id"] for c in project.class_rows)}
+    truth = np.array([index_of[c] for c in classes])
+    predicted, confidence = probs.argmax(1), probs.max(1)
+    keep = (confidence >= low) & (confidence <= high)
+    if only != "all":
+        keep &= truth == project.class_names.index(only)
+    changed = None
+    if compare != "-":
+        other_ids, _, other_probs = project.store.holdout_predictions(versions[compare]["id"])
+        other_correct = dict(zip(other_ids.tolist(), (other_probs.argmax(1) == truth).tolist()))
+        changed = np.array([other_correct.get(i) != bool(p == t) for i, p, t in zip(ids, predicted, truth)])
+        keep &= changed
+        st.caption(f"Showing only the images whose result differs between {compare} and the chosen model.")
+    wrong_first = np.argsort((predicted == truth)[keep], kind="stable")
+    shown = np.flatnonzero(keep)[wrong_first][:48]
+    st.caption(f"{int(keep.sum())} image(s) match; {int((predicted != truth)[keep].sum())} wrong "
+               f"(shown first, marked ✗).")
+    images = {i["id"]: i for i in project.store.images(project.id, split="holdout")}
+    columns = st.columns(8)
+    for k, row in enumerate(shown):
+        with columns[k % 8]:
+            st.image(picture(str(project.root / images[int(ids[row])]["path"]), 96), width=96)
+            mark = "✓" if predicted[row] == truth[row] else "✗"
+            st.caption(f"{mark} {project.class_names[predicted[row]]} {confidence[row]:.0%}"
+                       + ("" if mark == "✓" else f" (is {project.class_names[truth[row]]})"))
+
+
+# -- Rules page ------------------------------------------------------------------------------
+
+def rules_page() -> None:
+    project, _ = sidebar()
+    st.title(f"Decision rules: {project.name}")
+    evaluations = project.store.evaluations(project.id)
+    if not evaluations:
         st.info("No model yet.")
+        return
+    latest = evaluations[-1]
+    st.markdown(f"Model v{latest['version']}, trained on {latest['n_labels']} labels, scored on "
+                f"{latest['n_holdout']} hold-out images.")
+    for rule in latest["rules"][1:]:
+        if rule["n_decided"]:
+            st.markdown(f"- at **{rule['threshold']:g}**: auto-accepting would decide "
+                        f"{rule['coverage']:.0%} of images, with {rule['errors_per_100']:.1f} errors "
+                        f"per 100 accepted")
+        else:
+            st.markdown(f"- at **{rule['threshold']:g}**: no image is that confident yet")
+    table = pd.DataFrame(latest["rules"])[["rule", "coverage", "accuracy", "errors_per_100", "n_decided"]]
+    st.dataframe(table, hide_index=True)
+    ids, classes, probs = project.store.holdout_predictions(latest["id"])
+    index_of = {cid: i for i, cid in enumerate(c["id"] for c in project.class_rows)}
+    coverage, risk = risk_coverage(np.array([index_of[c] for c in classes]), probs)
+    st.markdown("**Risk–coverage** (error rate among the most confident images, as more are accepted)")
+    st.line_chart(pd.DataFrame({"coverage": coverage, "error rate": risk}).set_index("coverage"), height=240)
+    st.markdown("**As labels grew**")
+    history = pd.DataFrame(curve_rows(project)).set_index("labels")
+    st.line_chart(history[["coverage_0.9", "accuracy_0.9", "coverage_0.8", "accuracy_0.8"]], height=240)
+
+
+# -- Project page ----------------------------------------------------------------------------
+
+def project_page() -> None:
+    project, _ = sidebar()
+    st.title("Projects")
+    status = project.status()
+    st.markdown(f"**{project.name}**: {status['images']} images in `{status['root']}`, backbone "
+                f"{status['backbone']}, classes {', '.join(status['classes'])}.")
+    if status["skipped"]:
+        with st.expander(f"{len(status['skipped'])} file(s) skipped, and why"):
+            st.dataframe(pd.DataFrame(status["skipped"], columns=["file", "reason"]), hide_index=True)
+    a, b = st.columns(2)
+    a.download_button("Labels as CSV", to_csv(project), f"{project.name}-labels.csv", "text/csv")
+    b.download_button("Labels as JSON", to_json(project), f"{project.name}-labels.json", "application/json")
+    with st.form("export"):
+        target = st.text_input("Copy labeled images to a folder on the server (ImageFolder layout)")
+        if st.form_submit_button("Export ImageFolder copy") and target:
+            try:
+                st.success(f"Copied {to_image_folder(project, target)} images to {target}.")
+            except (ValueError, OSError) as exc:
+                st.error(str(exc))
+
+    st.subheader("New project from a folder on the server")
+    with st.form("create"):
+        name = st.text_input("Name (letters, digits, - and _)")
+        folder = st.text_input("Folder")
+        classes = st.text_input("Class names, comma-separated (only for a flat folder of unlabeled "
+                                "images; leave empty when the folder has one sub-folder per class)")
+        backbone = st.selectbox("Backbone", list(BACKBONES))
+        seeds = st.slider("Seed labels per class", 1, 3, 1)
+        if st.form_submit_button("Create and embed"):
+            bar = st.progress(0.0, text="Embedding...")
+            try:
+                created = create_project(
+                    Store(paths().database), name.strip(), folder.strip(), paths(),
+                    class_names=[c.strip() for c in classes.split(",") if c.strip()] or None,
+                    settings=Settings(backbone=backbone, seeds_per_class=seeds),
+                    on_progress=lambda done, total: bar.progress(done / max(total, 1),
+                                                                 text=f"Embedding {done} / {total}"))
+                st.query_params["project"] = created.name
+                st.success(f"Created {created.name}: {created.status()['images']} images.")
+            except (ValueError, OSError) as exc:
+                st.error(str(exc))
+
+
+def main() -> None:
+    st.set_page_config(page_title="Juicer", layout="wide")
+    open_demo()
+    st.navigation([st.Page(label_page, title="Label", default=True),
+                   st.Page(curve_page, title="Curve", url_path="curve"),
+                   st.Page(rules_page, title="Rules", url_path="rules"),
+                   st.Page(project_page, title="Project", url_path="project")]).run()
+
+
+if __name__ == "__main__":  # `streamlit run app.py`; tests import the pages one by one
+    main()

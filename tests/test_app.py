@@ -1,4 +1,7 @@
-"""The page opens the demo project, and a submitted batch is stored and retrained on."""
+"""Each page's logic through Streamlit's AppTest: the demo project opens, a batch labeled with the
+buttons is stored with its annotator and retrained on, and the curve, rules and project pages draw."""
+
+import time
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -12,24 +15,59 @@ def app(tmp_path, monkeypatch, demo_project, shared_cache):
     monkeypatch.setenv("JUICER_CACHE", str(shared_cache))
     # The demo images are already written out under the shared data root: link, don't copy.
     (tmp_path / "datasets").symlink_to(SHARED_DATA / "datasets")
-    return AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
+    return at
 
 
-def metrics(at):
-    return {m.label: m.value for m in at.metric}
+def metric(at, label):
+    return next(m.value for m in at.metric if m.label == label)
 
 
-def test_opens_demo_and_labels_a_batch(app):
+def button(at, prefix):
+    return next(b for b in at.button if b.label.startswith(prefix))
+
+
+def test_label_page_needs_a_name_then_labels_a_batch(app, tmp_path):
     at = app.run()
     assert not at.exception
-    before = metrics(at)
-    assert before["images"] == "2000" and before["model versions"] == "1"
-    submit = at.button[0]
-    submit.click().run()
-    assert "Enter your name" in at.error[0].value          # every label records who gave it
-    at.text_input[0].input("ana")
-    at.button[0].click().run()
+    assert "Enter your name" in at.warning[0].value
+    at.text_input[0].input("ana").run()
+    assert metric(at, "model versions") == "1" and metric(at, "labeled (training)") == "10"
+    for _ in range(10):
+        button(at, "Confirm").click().run()
+        assert not at.exception
+    assert any("Batch submitted" in i.value for i in at.info)
+    from loop.project import Project
+    project = Project.open("demo", tmp_path)
+    events = [e for e in project.store.label_events(project.id) if e["source"] == "human"]
+    assert len(events) == 10 and {e["annotator"] for e in events} == {"ana"}
+    deadline = time.time() + 60
+    while project.store.latest_model_version(project.id)["version"] < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    assert project.store.latest_model_version(project.id)["n_labels"] == 20
+
+
+def test_undo_skip_and_class_keys(app, tmp_path):
+    at = app.run()
+    at.text_input[0].input("ben").run()
+    button(at, "3 Cat").click().run()
+    assert any("1 of 10 answers" in c.value for c in at.caption)
+    button(at, "Undo").click().run()
+    assert any("0 of 10" in c.value for c in at.caption)
+    button(at, "Skip").click().run()
+    button(at, "Submit batch now").click().run()
+    assert any("Submitted 0 label(s)" in i.value for i in at.info)
+
+
+@pytest.mark.parametrize("page, expected", [
+    ("curve_page", "hold-out accuracy with"),
+    ("rules_page", "auto-accepting would decide"),
+    ("project_page", "New project from a folder"),
+])
+def test_lead_pages_draw(app, page, expected):
+    app.run()                                   # creates the demo project
+    at = AppTest.from_string(f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+                             f"import app\napp.open_demo()\napp.{page}()", default_timeout=300).run()
     assert not at.exception
-    after = metrics(at)
-    assert int(after["labeled (training)"]) == int(before["labeled (training)"]) + 6
-    assert after["model versions"] == "2"
+    text = " ".join(m.value for m in at.markdown) + " ".join(s.value for s in at.subheader)
+    assert expected in text
