@@ -26,6 +26,7 @@ from loop.settings import Settings
 from loop.store import Store, StoreError
 from loop.trainer import trainer_for
 from models.backbones import BACKBONES
+from models.images import IMAGE_SUFFIXES
 
 DATA_DIR = Path(os.environ.get("JUICER_DATA", "data"))
 DEFAULT_PROJECT = os.environ.get("JUICER_PROJECT", "demo")
@@ -296,6 +297,19 @@ def rules_page() -> None:
 
 # -- Project page ----------------------------------------------------------------------------
 
+def save_uploads(project_name: str, uploads) -> Path:
+    """Write uploaded files under <data>/uploads/<project>/ (file names only, never paths)."""
+    if not project_name:
+        raise ValueError("give the project a name first")
+    folder = DATA_DIR / "uploads" / project_name
+    if folder.exists():
+        raise ValueError(f"uploads for '{project_name}' already exist in {folder}; choose another name")
+    folder.mkdir(parents=True)
+    for k, upload in enumerate(uploads):
+        (folder / f"{k:05d}-{Path(upload.name).name}").write_bytes(upload.getvalue())
+    return folder
+
+
 def project_page() -> None:
     project, _ = sidebar()
     st.title("Projects")
@@ -316,10 +330,13 @@ def project_page() -> None:
             except (ValueError, OSError) as exc:
                 st.error(str(exc))
 
-    st.subheader("New project from a folder on the server")
+    st.subheader("New project from a folder on the server, or from uploaded images")
     with st.form("create"):
         name = st.text_input("Name (letters, digits, - and _)")
-        folder = st.text_input("Folder")
+        folder = st.text_input("Folder on the server (leave empty to upload images instead)")
+        uploads = st.file_uploader("Images to upload (a flat, unlabeled set: give the class names)",
+                                   type=sorted(s.lstrip(".") for s in IMAGE_SUFFIXES),
+                                   accept_multiple_files=True)
         classes = st.text_input("Class names, comma-separated (only for a flat folder of unlabeled "
                                 "images; leave empty when the folder has one sub-folder per class)")
         backbone = st.selectbox("Backbone", list(BACKBONES))
@@ -327,6 +344,8 @@ def project_page() -> None:
         if st.form_submit_button("Create and embed"):
             bar = st.progress(0.0, text="Embedding...")
             try:
+                if uploads and not folder.strip():
+                    folder = str(save_uploads(name.strip(), uploads))
                 created = create_project(
                     Store(paths().database), name.strip(), folder.strip(), paths(),
                     class_names=[c.strip() for c in classes.split(",") if c.strip()] or None,
