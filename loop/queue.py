@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from loop.project import Project
-from loop.strategies import get_strategy
+from loop.strategies import needs, pick
 
 
 @dataclass
@@ -18,6 +18,7 @@ class Query:
     image_id: int
     path: str
     split: str                    # "pool": feeds training; "holdout": feeds scoring only
+    origin: str                   # "strategy", "control" (the random slice) or "holdout"
     suggestion: str | None
     confidence: float | None
     model_version: int | None
@@ -41,25 +42,38 @@ def next_queries(project: Project, n: int, head=None, model_version: int | None 
     n_pool = min(len(pool), n - n_holdout)
     n_holdout = min(len(holdout), n - n_pool)
 
-    picked_pool, pool_probs = [], None
+    picked_pool = []
     if n_pool:
-        if head is not None:
-            pool_probs = head.predict_proba(project.embeddings_of(pool))
-            order = get_strategy(project.settings.strategy)(pool_probs, n_pool, rng)
-        else:  # no model yet: nothing to be uncertain about, ask at random
-            order = rng.permutation(len(pool))[:n_pool]
-        picked_pool = [(pool[i], None if pool_probs is None else pool_probs[i]) for i in order]
-    picked_holdout = [(holdout[i], None) for i in rng.permutation(len(holdout))[:n_holdout]]
+        pool_probs = head.predict_proba(project.embeddings_of(pool)) if head is not None else None
+        # A random control slice, marked as such, lets the project's own labels show whether
+        # the strategy beats random picking.
+        n_control = int(rng.binomial(n_pool, project.settings.control_share))
+        control = rng.permutation(len(pool))[:n_control]
+        rest = np.setdiff1d(np.arange(len(pool)), control)
+        if head is None and project.settings.strategy not in ("typiclust", "kcenter", "auto"):
+            chosen = rng.permutation(rest)[:n_pool - n_control]   # no model: nothing to be unsure of
+        else:
+            wanted = needs(project.settings.strategy)
+            uniform = np.full((len(rest), len(project.class_names)), 1 / len(project.class_names))
+            chosen = rest[pick(project.settings.strategy, n_pool - n_control, rng,
+                               probabilities=uniform if pool_probs is None else pool_probs[rest],
+                               embeddings=(project.embeddings_of([pool[i] for i in rest])
+                                           if "embeddings" in wanted else None),
+                               labeled=project.labeled("pool")[1] if "labeled" in wanted else None,
+                               n_classes=len(project.class_names))]
+        picked_pool = [(pool[i], None if pool_probs is None else pool_probs[i], "strategy") for i in chosen]
+        picked_pool += [(pool[i], None if pool_probs is None else pool_probs[i], "control") for i in control]
+    picked_holdout = [(holdout[i], None, "holdout") for i in rng.permutation(len(holdout))[:n_holdout]]
     if picked_holdout and head is not None:
-        probs = head.predict_proba(project.embeddings_of([h for h, _ in picked_holdout]))
-        picked_holdout = [(h, p) for (h, _), p in zip(picked_holdout, probs)]
+        probs = head.predict_proba(project.embeddings_of([h for h, _, _ in picked_holdout]))
+        picked_holdout = [(h, p, o) for (h, _, o), p in zip(picked_holdout, probs)]
 
     queries: list[Query] = []
     while picked_pool or picked_holdout:
         take_holdout = picked_holdout and (len(queries) % every == every - 1 or not picked_pool)
-        image, probs = (picked_holdout if take_holdout else picked_pool).pop(0)
+        image, probs, origin = (picked_holdout if take_holdout else picked_pool).pop(0)
         queries.append(Query(
-            image_id=image["id"], path=image["path"], split=image["split"],
+            image_id=image["id"], path=image["path"], split=image["split"], origin=origin,
             suggestion=None if probs is None else project.class_names[int(np.argmax(probs))],
             confidence=None if probs is None else float(np.max(probs)),
             model_version=model_version if probs is not None else None))

@@ -110,7 +110,7 @@ def write_curve(rows: list[dict], out: Path, title: str) -> tuple[Path, Path]:
     return csv_path, png_path
 
 
-def replay(dataset: str, out: str | Path, strategy: str = "margin", labeler: str = "perfect",
+def replay(dataset: str, out: str | Path, strategy: str = "auto", labeler: str = "perfect",
            seed_per_class: int = 1, batch: int = 10, budget: int = 100, seed: int = 0,
            data_dir: str | Path = "data", backbone: str | None = None,
            holdout_size: int = 500, log=print, on_progress=None) -> list[dict]:
@@ -149,7 +149,7 @@ def replay(dataset: str, out: str | Path, strategy: str = "margin", labeler: str
                        for q in queries]
             class_ids = [(i, project.class_rows[c]["id"]) for i, c in answers]
             project.store.add_labels(project.id, class_ids, annotator=f"simulated-{simulated.name}",
-                                     source="simulated")
+                                     source="simulated", origins=[q.origin for q in queries])
             spent += len(answers)
             ticket = trainer.request()
             if not simulated.seconds_per_label:  # a slow labeler keeps labeling while it trains

@@ -73,7 +73,8 @@ class LabelingSession:
         taken |= {d["image_id"] for d in store.db.query(
             "SELECT image_id FROM drafts WHERE project_id = ?", [self.project.id])}
         queries = next_queries(self.project, self.prefetch, exclude=taken)
-        store.lease(self.project.id, [q.image_id for q in queries], self.annotator, self.lease_seconds)
+        store.lease(self.project.id, [q.image_id for q in queries], self.annotator, self.lease_seconds,
+                    origins=[q.origin for q in queries])
 
     def latest_version(self) -> dict | None:
         return self.project.store.latest_model_version(self.project.id)
@@ -179,7 +180,7 @@ class LabelingSession:
         predicted = np.flatnonzero(probs.argmax(1) == target)
         order = predicted[np.argsort(-probs[predicted, target], kind="stable")][:n]
         granted = set(store.lease(self.project.id, [pool[i]["id"] for i in order], self.annotator,
-                                  self.lease_seconds))
+                                  self.lease_seconds, origins=["grid"] * len(order)))
         return [Item(pool[i]["id"], pool[i]["path"], "pool", class_name, float(probs[i, target]),
                      version["version"], probs[i].tolist()) for i in order if pool[i]["id"] in granted]
 

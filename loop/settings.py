@@ -26,7 +26,8 @@ class Settings:
     seeds_per_class: int = 1          # labels per class to start from (1 to 3)
     holdout_fraction: float = 0.2     # share of images kept out for scoring ...
     holdout_size: int = 500           # ... but never more than this many
-    strategy: str = "margin"
+    strategy: str = "auto"            # see loop.strategies; auto: cold start, then hybrid
+    control_share: float = 0.1        # share of queries drawn at random and marked, as a control
     batch_size: int = 10              # labels per batch (one retrain each)
     holdout_every: int = 3            # while hold-out images lack labels, every Nth query is one
     seed: int = 0
@@ -37,6 +38,8 @@ class Settings:
             raise ValueError(f"unknown backbone '{self.backbone}'; known: {', '.join(BACKBONES)}")
         if not 1 <= self.seeds_per_class <= 3:
             raise ValueError(f"seeds_per_class must be 1, 2 or 3, got {self.seeds_per_class}")
+        if not 0 <= self.control_share < 1:
+            raise ValueError(f"control_share must lie in [0, 1), got {self.control_share}")
         if not 0 < self.holdout_fraction < 1:
             raise ValueError(f"holdout_fraction must lie in (0, 1), got {self.holdout_fraction}")
         if self.holdout_size < 1 or self.batch_size < 1 or self.holdout_every < 1:

@@ -34,7 +34,7 @@ SCHEMA = {
                {"pk": "id", "foreign_keys": [("project_id", "projects", "id"),
                                              ("known_class_id", "classes", "id")]}),
     "label_events": ({"id": int, "project_id": int, "image_id": int, "class_id": int,
-                      "annotator": str, "source": str, "created_at": float},
+                      "annotator": str, "source": str, "created_at": float, "origin": str},
                      {"pk": "id", "foreign_keys": [("project_id", "projects", "id"),
                                                    ("image_id", "images", "id"),
                                                    ("class_id", "classes", "id")]}),
@@ -54,12 +54,12 @@ SCHEMA = {
                                               ("image_id", "images", "id")]}),
     # Who is looking at which image now: a lease expires, so a closed tab frees its images.
     "leases": ({"project_id": int, "image_id": int, "annotator": str, "leased_at": float,
-                "expires_at": float},
+                "expires_at": float, "origin": str},
                {"pk": ("project_id", "image_id"),
                 "foreign_keys": [("project_id", "projects", "id"), ("image_id", "images", "id")]}),
     # Answers given but not yet submitted: kept in the database so a refresh loses none.
     "drafts": ({"project_id": int, "annotator": str, "image_id": int, "class_id": int,
-                "skipped": int, "created_at": float},
+                "skipped": int, "created_at": float, "origin": str},
                {"pk": ("project_id", "annotator", "image_id"),
                 "foreign_keys": [("project_id", "projects", "id"), ("image_id", "images", "id"),
                                  ("class_id", "classes", "id")]}),
@@ -109,6 +109,10 @@ class Store:
         db = self.db
         for name, (columns, options) in SCHEMA.items():
             db[name].create(columns, if_not_exists=True, **options)
+            present = db[name].columns_dict
+            for column, kind in columns.items():   # a database from an older version gains columns
+                if column not in present:
+                    db[name].add_column(column, kind)
         for table, columns, unique in INDEXES:
             db[table].create_index(columns, unique=unique, if_not_exists=True)
 
@@ -190,9 +194,10 @@ class Store:
     # -- labels ---------------------------------------------------------------------------------
 
     def add_labels(self, project_id: int, labels: Sequence[tuple[int, str | int | None]],
-                   annotator: str, source: str) -> list[int]:
+                   annotator: str, source: str, origins: Sequence[str | None] | None = None) -> list[int]:
         """Append one event per (image id, class name or id or None to retract), all in one
-        transaction: either every label of the batch is stored or none is."""
+        transaction: either every label of the batch is stored or none is. `origins` says why
+        each image was asked ("strategy", "control", "holdout", "grid"), where known."""
         if source not in LABEL_SOURCES:
             raise StoreError(f"label source must be one of {LABEL_SOURCES}, got '{source}'")
         if not annotator:
@@ -202,7 +207,8 @@ class Store:
         ids = set(by_name.values())
         now = time.time()
         events = []
-        for image_id, cls in labels:
+        origins = list(origins) if origins is not None else [None] * len(labels)
+        for (image_id, cls), origin in zip(labels, origins):
             if cls is None:
                 class_id = None
             elif isinstance(cls, str):
@@ -215,7 +221,8 @@ class Store:
                     raise StoreError(f"class id {cls} does not exist in this project")
                 class_id = int(cls)
             events.append({"project_id": project_id, "image_id": int(image_id), "class_id": class_id,
-                           "annotator": annotator, "source": source, "created_at": now})
+                           "annotator": annotator, "source": source, "created_at": now,
+                           "origin": origin})
         image_ids = sorted({e["image_id"] for e in events})
         if image_ids:
             found = {r["id"] for r in self.db.query(
@@ -253,20 +260,24 @@ class Store:
     # -- leases and drafts: several annotators at once ------------------------------------------
 
     def lease(self, project_id: int, image_ids: Sequence[int], annotator: str,
-              seconds: float = 900) -> list[int]:
+              seconds: float = 900, origins: Sequence[str] | None = None) -> list[int]:
         """Lease the images to `annotator` for `seconds`, skipping any another annotator holds
         (atomically: two annotators asking at once never both get one). Returns those granted."""
         now = time.time()
         granted = []
+        origins = list(origins) if origins is not None else [None] * len(image_ids)
         with self.transaction():
-            for image_id in image_ids:
+            for image_id, origin in zip(image_ids, origins):
                 holder = self.db.execute(
                     "SELECT annotator FROM leases WHERE project_id = ? AND image_id = ? AND expires_at > ?",
                     [project_id, int(image_id), now]).fetchone()
                 if holder is not None and holder[0] != annotator:
                     continue
-                self.db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
-                                [project_id, int(image_id), annotator, now, now + seconds])
+                self.db.execute("INSERT OR REPLACE INTO leases (project_id, image_id, annotator, leased_at, "
+                                "expires_at, origin) VALUES (?, ?, ?, ?, ?, coalesce(?, (SELECT origin FROM "
+                                "leases WHERE project_id = ? AND image_id = ?)))",
+                                [project_id, int(image_id), annotator, now, now + seconds, origin,
+                                 project_id, int(image_id)])
                 granted.append(int(image_id))
         return granted
 
@@ -288,8 +299,11 @@ class Store:
         """Record an answer (a class id, or None for skip) not yet submitted; renews the lease."""
         now = time.time()
         with self.transaction():
-            self.db.execute("INSERT OR REPLACE INTO drafts VALUES (?, ?, ?, ?, ?, ?)",
-                            [project_id, annotator, int(image_id), class_id, int(class_id is None), now])
+            self.db.execute("INSERT OR REPLACE INTO drafts (project_id, annotator, image_id, class_id, "
+                            "skipped, created_at, origin) VALUES (?, ?, ?, ?, ?, ?, (SELECT origin FROM "
+                            "leases WHERE project_id = ? AND image_id = ?))",
+                            [project_id, annotator, int(image_id), class_id, int(class_id is None), now,
+                             project_id, int(image_id)])
             self.db.execute("UPDATE leases SET expires_at = max(expires_at, ?) WHERE project_id = ? "
                             "AND annotator = ?", [now + 900, project_id, annotator])
 
@@ -306,9 +320,10 @@ class Store:
         images. Skipped images are freed unlabeled. Returns the labeled image ids."""
         with self.transaction():
             drafts = self.drafts(project_id, annotator)
-            labels = [(d["image_id"], d["class_id"]) for d in drafts if not d["skipped"]]
+            kept = [d for d in drafts if not d["skipped"]]
+            labels = [(d["image_id"], d["class_id"]) for d in kept]
             if labels:
-                self.add_labels(project_id, labels, annotator, source)
+                self.add_labels(project_id, labels, annotator, source, origins=[d["origin"] for d in kept])
             self.db.execute("DELETE FROM drafts WHERE project_id = ? AND annotator = ?",
                             [project_id, annotator])
             self.release(project_id, [d["image_id"] for d in drafts], annotator)

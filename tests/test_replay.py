@@ -76,6 +76,6 @@ def test_command_line_replay_and_errors(tmp_path, demo_project, capsys):
 
 
 def test_slow_labeler_keeps_labeling_while_the_head_retrains(tmp_path, demo_project):
-    rows = run(tmp_path / "s", labeler="slow:0.001", batch=5, budget=30)
+    rows = run(tmp_path / "s", labeler="slow:0.001", batch=5, budget=30, strategy="random")
     assert rows[-1]["labels"] == 10 + 30            # the last retrain saw every label
     assert len(rows) < 1 + 30 // 5                  # batches that came mid-retrain were folded
