@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="run the loop with a simulated labeler over a labeled dataset")
     p.add_argument("--dataset", required=True, help="demo, fashion-mnist, mnist5k (NAME:K for K "
                    "per class) or a folder with one sub-folder per class")
-    p.add_argument("--strategy", default="margin")
+    p.add_argument("--strategy", default="auto")
     p.add_argument("--labeler", default="perfect", help="perfect, noisy:P or slow:SECONDS")
     p.add_argument("--seed-per-class", type=int, default=1)
     p.add_argument("--batch", type=int, default=10)
