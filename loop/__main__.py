@@ -158,6 +158,25 @@ def cmd_replay(args) -> int:
     return 0
 
 
+def cmd_benchmark_strategies(args) -> int:
+    from loop.benchmark import benchmark_strategies, plot, print_table, write_json
+
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if "random" not in strategies:
+        strategies.insert(0, "random")   # every ratio is against random, measured in the same run
+    out = Path(args.out)
+    results = benchmark_strategies(args.dataset, strategies, args.repeats, args.budget, args.batch,
+                                   out, data_dir=args.data, labelers=tuple(args.labelers.split(",")))
+    print_table(results, args.dataset, args.budget)
+    png = plot(results, args.dataset, out / f"strategies-{args.dataset.replace(':', '-')}.png")
+    print(f"curves with their spread: {png}")
+    if args.json:
+        path = Path("bench/results/strategies.json")
+        write_json(results, args.dataset, path)
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loop", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -220,6 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout-size", type=int, default=500)
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_replay)
+
+    p = sub.add_parser("benchmark-strategies", help="replays per strategy and labeler; labels saved vs random")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--strategies", default="random,margin,entropy,kcenter,hybrid,typiclust,auto")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--budget", type=int, default=300)
+    p.add_argument("--batch", type=int, default=10)
+    p.add_argument("--labelers", default="perfect,noisy:0.1")
+    p.add_argument("--out", default="bench/out/strategies")
+    p.add_argument("--json", action="store_true", help="also merge the figures into bench/results/strategies.json")
+    p.set_defaults(run=cmd_benchmark_strategies)
     return parser
 
 
