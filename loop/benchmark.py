@@ -44,7 +44,8 @@ def curve_metrics(labels: np.ndarray, accuracy: np.ndarray, n_classes: int, full
         hit = np.flatnonzero(accuracy >= share * full)
         return int(labels[hit[0]]) if len(hit) else None
 
-    aulc = float(np.trapezoid(accuracy, labels) / (labels[-1] - labels[0])) if len(labels) > 1 else float(accuracy[0])
+    span = labels[-1] - labels[0]
+    aulc = float(np.trapezoid(accuracy, labels) / span) if span else float(accuracy[0])
     return {"acc_at_1pc": at(n_classes), "acc_at_3pc": at(3 * n_classes), "acc_at_10pc": at(10 * n_classes),
             "aulc": aulc, "labels_to_90": reach(0.90), "labels_to_95": reach(0.95)}
 
@@ -81,7 +82,6 @@ def benchmark_strategies(dataset: str, strategies: list[str], repeats: int, budg
                 runs.append((labels, accuracy, len(project.class_names), queried, project))
                 log(f"{labeler:>10} {name:>16} seed {seed}: {accuracy[0]:.3f} -> {accuracy[-1]:.3f} "
                     f"at {int(labels[-1])} labels")
-            full = float(np.mean(fulls))
             per_run = [curve_metrics(labels, acc, k, fulls[s]) for s, (labels, acc, k, _, _) in enumerate(runs)]
             summary = {m: _mean([r[m] for r in per_run]) for m in METRICS}
             unreached = {m: sum(r[m] is None for r in per_run) for m in ("labels_to_90", "labels_to_95")}
@@ -155,7 +155,8 @@ def plot(results: dict, dataset: str, path: Path) -> Path:
 def write_json(results: dict, dataset: str, path: Path) -> None:
     """Merge this dataset's figures (perfect labeler; "default" = the auto strategy) into `path`."""
     existing = json.loads(path.read_text()) if path.exists() else {}
-    table = results["perfect"] if "perfect" in results else next(v for k, v in results.items() if k != "full_accuracy")
+    labelers = [k for k in results if k != "full_accuracy"]
+    table = results["perfect" if "perfect" in labelers else labelers[0]]
     entry = {name: {m: table[name][m] for m in METRICS} for name in table}
     if "auto" in entry:
         entry["default"] = entry["auto"]
