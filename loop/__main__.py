@@ -149,7 +149,8 @@ def cmd_replay(args) -> int:
     rows = replay(args.dataset, args.out, strategy=args.strategy, labeler=args.labeler,
                   seed_per_class=args.seed_per_class, batch=args.batch, budget=args.budget,
                   seed=args.seed, data_dir=args.data, backbone=args.backbone,
-                  holdout_size=args.holdout_size, on_progress=_progress("embedding"))
+                  holdout_size=args.holdout_size, on_progress=_progress("embedding"),
+                  auto_accept=args.auto_accept)
     if rows:
         first, last = rows[0], rows[-1]
         print(f"hold-out accuracy {first['accuracy']:.3f} at {first['labels']} labels -> "
@@ -166,7 +167,8 @@ def cmd_benchmark_strategies(args) -> int:
         strategies.insert(0, "random")   # every ratio is against random, measured in the same run
     out = Path(args.out)
     results = benchmark_strategies(args.dataset, strategies, args.repeats, args.budget, args.batch,
-                                   out, data_dir=args.data, labelers=tuple(args.labelers.split(",")))
+                                   out, data_dir=args.data, labelers=tuple(args.labelers.split(",")),
+                                   auto_accept=args.auto_accept)
     print_table(results, args.dataset, args.budget)
     png = plot(results, args.dataset, out / f"strategies-{args.dataset.replace(':', '-')}.png")
     print(f"curves with their spread: {png}")
@@ -237,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backbone")
     p.add_argument("--holdout-size", type=int, default=500)
+    p.add_argument("--auto-accept", type=float, metavar="PRECISION",
+                   help="after each retrain, auto-accept pool images at this hold-out precision")
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_replay)
 
@@ -248,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=10)
     p.add_argument("--labelers", default="perfect,noisy:0.1")
     p.add_argument("--out", default="bench/out/strategies")
+    p.add_argument("--auto-accept", type=float, metavar="PRECISION",
+                   help="also run the default strategy with auto-accept at this precision")
     p.add_argument("--json", action="store_true", help="also merge the figures into bench/results/strategies.json")
     p.set_defaults(run=cmd_benchmark_strategies)
     return parser

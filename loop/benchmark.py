@@ -57,28 +57,41 @@ def _mean(values):
 
 def benchmark_strategies(dataset: str, strategies: list[str], repeats: int, budget: int, batch: int,
                          out: str | Path, data_dir: str | Path = "data",
-                         labelers: tuple[str, ...] = ("perfect", "noisy:0.1"), log=print) -> dict:
+                         labelers: tuple[str, ...] = ("perfect", "noisy:0.1"), log=print,
+                         auto_accept: float | None = None) -> dict:
     """{labeler: {strategy: metrics averaged over seeds (+ "curves": [(labels, accuracy)])}},
-    plus "full_accuracy"."""
+    plus "full_accuracy". With `auto_accept`, the default strategy runs once more with
+    auto-accept at that precision (row "auto+accept"); its curves count human labels only."""
+    if auto_accept:
+        strategies = [*strategies, "auto+accept"]
     out = Path(out)
     results: dict = {"full_accuracy": None}
     fulls = []
     for labeler in labelers:
         results[labeler] = {}
         for name in strategies:
-            runs = []
+            runs, accept_stats = [], []
             for seed in range(repeats):
                 folder = out / "runs" / labeler.replace(":", "-") / name / str(seed)
-                rows = replay(dataset, folder, strategy=name, labeler=labeler, seed_per_class=1,
-                              batch=batch, budget=budget, seed=seed, data_dir=data_dir, log=lambda *_: None)
+                accepting = name.endswith("+accept")
+                rows = replay(dataset, folder, strategy=name.removesuffix("+accept"), labeler=labeler,
+                              seed_per_class=1, batch=batch, budget=budget, seed=seed, data_dir=data_dir,
+                              log=lambda *_: None, auto_accept=auto_accept if accepting else None)
                 project = Project(Store(folder / "replay" / "juicer.db"), "replay",
                                   Paths(folder / "replay", cache_dir=Paths(Path(data_dir)).cache))
                 if len(fulls) < repeats:   # the same hold-out per seed whatever the strategy
                     fulls.append(full_data_accuracy(project))
-                labels = np.array([r["labels"] for r in rows], dtype=float)
+                # People's labels: what a label budget buys (auto-accepted ones cost nothing).
+                labels = np.array([r["labels"] - r["auto_labels"] for r in rows], dtype=float)
                 accuracy = np.array([r["accuracy"] for r in rows])
                 queried = [e["class_id"] for e in project.store.label_events(project.id)
                            if e["source"] == "simulated"]
+                if accepting:
+                    from loop.autoaccept import auto_accepted
+                    truth = {i["id"]: i["known_class_id"] for i in project.store.images(project.id)}
+                    auto = auto_accepted(project)
+                    wrong = sum(e["class_id"] != truth[e["image_id"]] for e in auto)
+                    accept_stats.append((len(auto), wrong))
                 runs.append((labels, accuracy, len(project.class_names), queried, project))
                 log(f"{labeler:>10} {name:>16} seed {seed}: {accuracy[0]:.3f} -> {accuracy[-1]:.3f} "
                     f"at {int(labels[-1])} labels")
@@ -94,6 +107,9 @@ def benchmark_strategies(dataset: str, strategies: list[str], repeats: int, budg
                 for class_id in queried:
                     counts[list(names).index(class_id)] += 1
             summary["queried_per_class"] = dict(zip(names.values(), (counts / len(runs)).round(1).tolist()))
+            if accept_stats:
+                summary["auto_accepted"] = float(np.mean([a for a, _ in accept_stats]))
+                summary["auto_wrong"] = float(np.mean([w for _, w in accept_stats]))
             results[labeler][name] = summary
     results["full_accuracy"] = float(np.mean(fulls))
     return results
@@ -122,6 +138,13 @@ def print_table(results: dict, dataset: str, budget: int) -> None:
                   f"{fmt(m['acc_at_10pc'], '.3f'):>9} {fmt(m['aulc'], '.3f'):>6} "
                   f"{fmt(m['labels_to_90'], '.0f'):>7} {ratio('labels_to_90'):>7} "
                   f"{fmt(m['labels_to_95'], '.0f'):>7} {ratio('labels_to_95'):>7}")
+        for name, m in table.items():
+            if "auto_accepted" in m:
+                base = table.get("auto", {})
+                gain = (m["aulc"] - base["aulc"]) if base.get("aulc") is not None else None
+                print(f"{name}: {m['auto_accepted']:.0f} labels auto-accepted per run, {m['auto_wrong']:.0f} of "
+                      f"them wrong ({m['auto_wrong'] / max(m['auto_accepted'], 1):.1%}); area under the curve "
+                      f"per human label {'-' if gain is None else f'{gain:+.3f}'} against auto alone")
         print("queried images per class (mean per run): " + "; ".join(
             f"{name}: {min(m['queried_per_class'].values()):.0f}-{max(m['queried_per_class'].values()):.0f}"
             for name, m in table.items()))

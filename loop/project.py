@@ -247,12 +247,25 @@ class Project:
         version_number = (self.store.latest_model_version(self.id) or {"version": 0})["version"] + 1
         weights = head.save(self.paths.heads(self.name) / f"v{version_number:05d}-{time.time_ns()}.npz")
         counts = {self.class_names[c]: int(n) for c, n in zip(*np.unique(y, return_counts=True))}
+        n_auto = len(self.store.auto_labeled(self.id, up_to_event=last_event) & set(ids.tolist()))
         version = self.store.add_model_version(
             self.id, n_labels=len(y), last_event_id=last_event, class_counts=counts,
-            train_seconds=train_seconds, weights_path=str(weights), backbone=self.settings.backbone)
+            train_seconds=train_seconds, weights_path=str(weights), backbone=self.settings.backbone,
+            n_auto=n_auto)
         version["head"] = head
         version["evaluation"] = self.score(head, version)
+        if self.settings.auto_accept_precision:
+            from loop import autoaccept
+            version["auto_accept"] = autoaccept.run(
+                self, self.settings.auto_accept_precision, self.settings.audit_share,
+                rng=np.random.default_rng([self.settings.seed, version["version"]]))
         return version
+
+    def update_settings(self, **changes) -> Settings:
+        """Change project settings (validated), e.g. `update_settings(strategy="hybrid")`."""
+        self.settings = self.settings.replace(**changes)
+        self.store.update_settings(self.id, self.settings.to_json())
+        return self.settings
 
     def score(self, head, version: dict) -> dict | None:
         """Evaluate `head` on the labeled hold-out images and store the result (with every

@@ -33,8 +33,15 @@ def next_queries(project: Project, n: int, head=None, model_version: int | None 
         head, row = project.current_head()
         model_version = row["version"] if row else None
     labels = project.store.current_labels(project.id)
+    audits = {r["image_id"] for r in project.store.db.query(
+        "SELECT image_id FROM audits WHERE project_id = ?", [project.id])}
     unlabeled = [i for i in project.store.images(project.id)
                  if i["id"] not in labels and i["id"] not in exclude]
+    # Audits of auto-accept come first (the measured precision is what the lead waits for), but
+    # take at most a fifth of a batch, so learning goes on.
+    audit_first = [i for i in unlabeled if i["id"] in audits][:max(1, n // 5)]
+    unlabeled = [i for i in unlabeled if i["id"] not in audits]
+    n -= len(audit_first)
     pool = [i for i in unlabeled if i["split"] == "pool"]
     holdout = [i for i in unlabeled if i["split"] == "holdout"]
     every = project.settings.holdout_every
@@ -69,8 +76,17 @@ def next_queries(project: Project, n: int, head=None, model_version: int | None 
         picked_holdout = [(h, p, o) for (h, _, o), p in zip(picked_holdout, probs)]
 
     queries: list[Query] = []
+    if audit_first:
+        probs = (head.predict_proba(project.embeddings_of(audit_first)) if head is not None
+                 else [None] * len(audit_first))
+        for image, p in zip(audit_first, probs):
+            queries.append(Query(image["id"], image["path"], image["split"], "audit",
+                                 None if p is None else project.class_names[int(np.argmax(p))],
+                                 None if p is None else float(np.max(p)),
+                                 model_version if p is not None else None))
     while picked_pool or picked_holdout:
-        take_holdout = picked_holdout and (len(queries) % every == every - 1 or not picked_pool)
+        position = len(queries) - len(audit_first)
+        take_holdout = picked_holdout and (position % every == every - 1 or not picked_pool)
         image, probs, origin = (picked_holdout if take_holdout else picked_pool).pop(0)
         queries.append(Query(
             image_id=image["id"], path=image["path"], split=image["split"], origin=origin,

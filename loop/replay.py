@@ -53,7 +53,7 @@ def parse_labeler(spec: str) -> Labeler:
     raise ValueError(f"labeler '{spec}' is not one of perfect, noisy:P (0 <= P < 1), slow:SECONDS")
 
 
-CURVE_COLUMNS = ["version", "labels", "accuracy", "balanced_accuracy", "ece"] + [
+CURVE_COLUMNS = ["version", "labels", "auto_labels", "accuracy", "balanced_accuracy", "ece"] + [
     f"{measure}_{rule}" for rule in ("argmax", *map("{:g}".format, THRESHOLDS))
     for measure in ("coverage", "accuracy", "errors_per_100")]
 
@@ -62,7 +62,8 @@ def curve_rows(project: Project) -> list[dict]:
     """One row per evaluation (that is, per retrain), in CURVE_COLUMNS."""
     rows = []
     for e in project.store.evaluations(project.id):
-        row = {"version": e["version"], "labels": e["n_labels"], "accuracy": e["accuracy"],
+        row = {"version": e["version"], "labels": e["n_labels"], "auto_labels": e["n_auto"],
+               "accuracy": e["accuracy"],
                "balanced_accuracy": e["balanced_accuracy"], "ece": e["ece"]}
         for rule in e["rules"]:
             name = "argmax" if rule["threshold"] == 0 else f"{rule['threshold']:g}"
@@ -113,12 +114,13 @@ def write_curve(rows: list[dict], out: Path, title: str) -> tuple[Path, Path]:
 def replay(dataset: str, out: str | Path, strategy: str = "auto", labeler: str = "perfect",
            seed_per_class: int = 1, batch: int = 10, budget: int = 100, seed: int = 0,
            data_dir: str | Path = "data", backbone: str | None = None,
-           holdout_size: int = 500, log=print, on_progress=None) -> list[dict]:
+           holdout_size: int = 500, log=print, on_progress=None,
+           auto_accept: float | None = None) -> list[dict]:
     """Run the loop until `budget` simulated labels (beyond the seeds) are spent; returns the
     curve rows and writes `out`/curve.csv and `out`/curve.png."""
     simulated = parse_labeler(labeler)
     settings = Settings(seeds_per_class=seed_per_class, strategy=strategy, batch_size=batch,
-                        seed=seed, holdout_size=holdout_size,
+                        seed=seed, holdout_size=holdout_size, auto_accept_precision=auto_accept,
                         **({"backbone": backbone} if backbone else {}))
     out = Path(out)
     work = out / "replay"
@@ -133,6 +135,7 @@ def replay(dataset: str, out: str | Path, strategy: str = "auto", labeler: str =
         raise ProjectError(f"'{dataset}' has unlabeled images; a replay needs a labeled folder "
                            "(one sub-folder per class)")
     truth = {i["id"]: project.class_index[i["known_class_id"]] for i in pool}
+    pool_truth_class = {i["id"]: i["known_class_id"] for i in pool}
     rng = np.random.default_rng([seed, 3])
     trainer = Trainer(project)   # starts from the version trained on the seeds
     spent = 0
@@ -163,6 +166,16 @@ def replay(dataset: str, out: str | Path, strategy: str = "auto", labeler: str =
     if trainer.errors:
         raise RuntimeError("retraining failed:\n" + trainer.errors[-1])
     rows = curve_rows(project)
+    if auto_accept:
+        from loop.autoaccept import audit_report, auto_accepted
+        auto = auto_accepted(project)
+        wrong = sum(e["class_id"] != pool_truth_class[e["image_id"]] for e in auto)
+        report = audit_report(project)
+        log(f"auto-accept at precision {auto_accept}: {len(auto)} labels, {wrong} wrong "
+            f"({(1 - wrong / len(auto)) if auto else float('nan'):.3f} precision); audit measured "
+            f"{report['measured_precision']} on {report['reviewed']} reviewed")
+        for row in rows:
+            row["auto_wrong"] = wrong
     write_curve(rows, out, f"{dataset}: {strategy}, {labeler}")
     return rows
 

@@ -28,6 +28,8 @@ class Settings:
     holdout_size: int = 500           # ... but never more than this many
     strategy: str = "auto"            # see loop.strategies; auto: cold start, then hybrid
     control_share: float = 0.1        # share of queries drawn at random and marked, as a control
+    auto_accept_precision: float | None = None   # auto-accept after each retrain at this precision
+    audit_share: float = 0.1          # share of would-be auto-accepted images sent to people
     batch_size: int = 10              # labels per batch (one retrain each)
     holdout_every: int = 3            # while hold-out images lack labels, every Nth query is one
     seed: int = 0

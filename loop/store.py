@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
-LABEL_SOURCES = ("seed", "human", "simulated", "imported")
+LABEL_SOURCES = ("seed", "human", "simulated", "imported", "auto")
 SPLITS = ("pool", "holdout")
 
 SCHEMA = {
@@ -40,7 +40,7 @@ SCHEMA = {
                                                    ("class_id", "classes", "id")]}),
     "model_versions": ({"id": int, "project_id": int, "version": int, "created_at": float,
                         "n_labels": int, "last_event_id": int, "class_counts": str,
-                        "train_seconds": float, "weights_path": str, "backbone": str},
+                        "train_seconds": float, "weights_path": str, "backbone": str, "n_auto": int},
                        {"pk": "id", "foreign_keys": [("project_id", "projects", "id")]}),
     "evaluations": ({"id": int, "project_id": int, "model_version_id": int, "n_labels": int,
                      "n_holdout": int, "accuracy": float, "balanced_accuracy": float,
@@ -63,6 +63,11 @@ SCHEMA = {
                {"pk": ("project_id", "annotator", "image_id"),
                 "foreign_keys": [("project_id", "projects", "id"), ("image_id", "images", "id"),
                                  ("class_id", "classes", "id")]}),
+    # Images auto-accept would have labeled, sent to people instead to measure its precision.
+    "audits": ({"project_id": int, "image_id": int, "predicted_class_id": int, "model_version": int,
+                "plan": str, "created_at": float},
+               {"pk": ("project_id", "image_id"),
+                "foreign_keys": [("project_id", "projects", "id"), ("image_id", "images", "id")]}),
 }
 INDEXES = [
     ("classes", ["project_id", "name"], True),
@@ -252,6 +257,20 @@ class Store:
         rows = self.db.execute(sql.format(bound=bound, split=where_split), args).fetchall()
         return dict(rows)
 
+    def auto_labeled(self, project_id: int, up_to_event: int | None = None) -> set[int]:
+        """Images whose current label was given by auto-accept."""
+        sql = ("SELECT image_id FROM label_events WHERE id IN (SELECT max(id) FROM label_events "
+               "WHERE project_id = ? {bound} GROUP BY image_id) AND source = 'auto' AND class_id IS NOT NULL")
+        args: list = [project_id]
+        bound = ""
+        if up_to_event is not None:
+            bound = "AND id <= ?"
+            args.append(up_to_event)
+        return {r[0] for r in self.db.execute(sql.format(bound=bound), args).fetchall()}
+
+    def update_settings(self, project_id: int, settings_json: str) -> None:
+        self.db["projects"].update(project_id, {"settings": settings_json})
+
     def last_event_id(self, project_id: int) -> int:
         row = self.db.execute("SELECT max(id) FROM label_events WHERE project_id = ?",
                               [project_id]).fetchone()
@@ -370,7 +389,8 @@ class Store:
 
     def evaluations(self, project_id: int) -> list[dict]:
         rows = list(self.db.query(
-            "SELECT e.*, m.version FROM evaluations e JOIN model_versions m ON m.id = e.model_version_id "
+            "SELECT e.*, m.version, coalesce(m.n_auto, 0) AS n_auto FROM evaluations e "
+            "JOIN model_versions m ON m.id = e.model_version_id "
             "WHERE e.project_id = ? ORDER BY e.id", [project_id]))
         for row in rows:
             for key in ("per_class", "rules"):

@@ -5,8 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["loop.store", "loop.evaluation", "loop.strategies", "loop.embeddings", "models.images",
-           "models.heads", "models.backbones"]
+MODULES = ["loop.store", "loop.evaluation", "loop.strategies", "loop.embeddings", "loop.autoaccept",
+           "models.images", "models.heads", "models.backbones"]
 
 
 @pytest.mark.parametrize("name", MODULES)
