@@ -17,6 +17,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
+from loop import autoaccept
 from loop.evaluation import risk_coverage
 from loop.export import to_csv, to_image_folder, to_json
 from loop.project import Paths, Project, create_project, open_or_create_dataset_project
@@ -124,6 +125,9 @@ def label_one(project: Project, annotator: str) -> None:
         if item.split == "holdout":
             st.markdown("**Hold-out image**: it scores the model and is never trained on, so "
                         "no suggestion is shown. Pick its class.")
+        elif item.origin == "audit":
+            st.markdown("**Audit image**: auto-accept would have labeled it; your answer measures "
+                        "how often it is right, so no suggestion is shown. Pick its class.")
         elif item.suggestion:
             st.markdown(f"### {item.suggestion}  \n{item.confidence:.0%} confident, suggested by "
                         f"model v{item.model_version}")
@@ -293,6 +297,43 @@ def rules_page() -> None:
     st.markdown("**As labels grew**")
     history = pd.DataFrame(curve_rows(project)).set_index("labels")
     st.line_chart(history[["coverage_0.9", "accuracy_0.9", "coverage_0.8", "accuracy_0.8"]], height=240)
+    auto_accept_panel(project)
+
+
+def auto_accept_panel(project: Project) -> None:
+    st.subheader("Auto-accept")
+    current = project.settings.auto_accept_precision
+    st.caption("Probabilities are calibrated by temperature scaling fitted on the training labels "
+               "(cross-validated); the threshold is the lowest one that meets the precision on the "
+               "hold-out set. A share of what it would accept goes to people as an audit.")
+    target = st.slider("Precision to promise", 0.80, 0.995, float(current or 0.95), 0.005)
+    if st.button("Preview the threshold for this precision"):
+        chosen = autoaccept.plan(project, target)
+        if chosen["threshold"] is None:
+            st.warning(f"No threshold reaches {target:.1%} precision on the hold-out set yet.")
+        else:
+            st.info(f"Threshold {chosen['threshold']:.3f} (temperature {chosen['temperature']:.2f}): it "
+                    f"decides {chosen['holdout_coverage']:.0%} of hold-out images at "
+                    f"{chosen['holdout_precision']:.1%} precision.")
+    a, b, c = st.columns(3)
+    if a.button("Turn on (after every retrain)" if not current else f"Change to {target:.1%}"):
+        project.update_settings(auto_accept_precision=target)
+        st.rerun()
+    if current and b.button("Turn off"):
+        project.update_settings(auto_accept_precision=None)
+        st.rerun()
+    if c.button("Auto-accept now"):
+        result = autoaccept.run(project, target, project.settings.audit_share)
+        st.success(f"Accepted {result['accepted']} image(s), sent {result['audited']} to people as an audit.")
+    report = autoaccept.audit_report(project)
+    accepted = autoaccept.auto_accepted(project)
+    st.markdown(f"Auto-accept is **{'on at ' + format(current, '.1%') if current else 'off'}**. "
+                f"{len(accepted)} label(s) in force were auto-accepted. Audit: "
+                + (f"measured precision **{report['measured_precision']:.1%}** on {report['reviewed']} "
+                   f"reviewed image(s), promised {report['promised_precision']:.1%}."
+                   if report["reviewed"] else f"{report['audits']} image(s) waiting for people."))
+    if accepted and st.button(f"Undo all {len(accepted)} auto-accepted label(s)"):
+        st.success(f"Retracted {autoaccept.undo(project)} label(s).")
 
 
 # -- Project page ----------------------------------------------------------------------------

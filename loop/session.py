@@ -40,6 +40,7 @@ class Item:
     image_id: int
     path: str
     split: str                      # "holdout" images are scored, never trained on
+    origin: str | None              # why it was asked: strategy, control, holdout, audit, grid
     suggestion: str | None          # None for hold-out images: no anchoring of scoring labels
     confidence: float | None
     model_version: int | None
@@ -88,17 +89,20 @@ class LabelingSession:
         if not open_ids:
             return None
         image = self.project.store.db["images"].get(open_ids[0])
-        return self.describe(image)
+        lease = next(lease for lease in self.project.store.leases(self.project.id, self.annotator)
+                     if lease["image_id"] == open_ids[0])
+        return self.describe(image, origin=lease["origin"])
 
-    def describe(self, image: dict) -> Item:
+    def describe(self, image: dict, origin: str | None = None) -> Item:
         version = self.latest_version()
         probs = None
         if version is not None:
             head = load_head(version["weights_path"])
             probs = head.predict_proba(self.project.embeddings_of([image]))[0]
-        holdout = image["split"] == "holdout"
-        show = probs is not None and not holdout
-        return Item(image_id=image["id"], path=image["path"], split=image["split"],
+        # No suggestion where the answer scores the model: hold-out images and audits of
+        # auto-accept, so the person is not anchored by what is being measured.
+        show = probs is not None and image["split"] != "holdout" and origin != "audit"
+        return Item(image_id=image["id"], path=image["path"], split=image["split"], origin=origin,
                     suggestion=self.project.class_names[int(np.argmax(probs))] if show else None,
                     confidence=float(np.max(probs)) if show else None,
                     model_version=version["version"] if show else None,
@@ -181,7 +185,7 @@ class LabelingSession:
         order = predicted[np.argsort(-probs[predicted, target], kind="stable")][:n]
         granted = set(store.lease(self.project.id, [pool[i]["id"] for i in order], self.annotator,
                                   self.lease_seconds, origins=["grid"] * len(order)))
-        return [Item(pool[i]["id"], pool[i]["path"], "pool", class_name, float(probs[i, target]),
+        return [Item(pool[i]["id"], pool[i]["path"], "pool", "grid", class_name, float(probs[i, target]),
                      version["version"], probs[i].tolist()) for i in order if pool[i]["id"] in granted]
 
     def confirm_grid(self, class_name: str, items: list[Item], rejected: set[int]) -> list[int]:

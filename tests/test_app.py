@@ -71,3 +71,16 @@ def test_lead_pages_draw(app, page, expected):
     assert not at.exception
     text = " ".join(m.value for m in at.markdown) + " ".join(s.value for s in at.subheader)
     assert expected in text
+
+
+def test_rules_page_previews_and_turns_on_auto_accept(app, tmp_path):
+    app.run()
+    script = (f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+              "import app\napp.open_demo()\napp.rules_page()")
+    at = AppTest.from_string(script, default_timeout=300).run()
+    button(at, "Preview the threshold").click().run()
+    assert not at.exception
+    assert any("Threshold" in i.value for i in at.info) or any("No threshold" in w.value for w in at.warning)
+    button(at, "Turn on").click().run()
+    from loop.project import Project
+    assert Project.open("demo", tmp_path).settings.auto_accept_precision == 0.95
