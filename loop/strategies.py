@@ -123,20 +123,20 @@ def kcenter(embeddings: np.ndarray, labeled: np.ndarray, n: int, rng: np.random.
 
 
 @strategy
-def hybrid(probabilities: np.ndarray, embeddings: np.ndarray, labeled: np.ndarray, n: int,
-           rng: np.random.Generator) -> np.ndarray:
-    """Uncertainty, then diversity inside the batch: the 5n smallest-margin candidates, of which
-    greedy k-center keeps n spread-out ones (so a batch is not n near-copies), capped at half
-    the batch per predicted class so a rare class is not starved by a confusing common one."""
-    shortlist = margin(probabilities, max(5 * n, n), rng)
-    points = _normalize(embeddings[shortlist])
-    anchors = _normalize(labeled) if len(labeled) else np.zeros((0, points.shape[1]), np.float32)
-    order = shortlist[kcenter_greedy(points, anchors, len(shortlist))]
+def hybrid(probabilities: np.ndarray, embeddings: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Uncertainty, then diversity inside the batch (cluster-margin): the 3n smallest-margin
+    candidates are clustered into n groups and the most uncertain image of each group is taken,
+    so a batch is not n near-copies; no predicted class takes more than half the batch while
+    other classes still have candidates, so a rare class is not starved."""
+    ranked = margin(probabilities, len(probabilities), rng)
+    shortlist = ranked[:3 * n]
+    groups = kmeans(_normalize(embeddings[shortlist]), n, rng) if len(shortlist) > n else np.arange(len(shortlist))
+    # shortlist is in margin order, so the first member of each group is its most uncertain.
+    _, first = np.unique(groups, return_index=True)
+    leaders = shortlist[np.sort(first)]
     predicted = probabilities.argmax(axis=1)
     cap = max(1, -(-n // 2))
-    # Shortlist in diversity order first, then everything else by margin; each predicted class
-    # gets at most half the batch while other classes still have candidates.
-    candidates = list(dict.fromkeys([*order.tolist(), *margin(probabilities, len(probabilities), rng).tolist()]))
+    candidates = list(dict.fromkeys([*leaders.tolist(), *ranked.tolist()]))
     taken, per_class = [], {}
     for i in candidates:
         c = int(predicted[i])
@@ -209,4 +209,4 @@ def auto(probabilities: np.ndarray, embeddings: np.ndarray, labeled: np.ndarray,
     (fewer than 3 labels per class), then the batch-aware hybrid."""
     if len(labeled) < COLD_START_LABELS_PER_CLASS * n_classes:
         return typiclust(embeddings, labeled, n, rng)
-    return hybrid(probabilities, embeddings, labeled, n, rng)
+    return hybrid(probabilities, embeddings, n, rng)

@@ -44,7 +44,7 @@ def test_hybrid_batch_is_diverse_not_near_copies():
     rng = np.random.default_rng(2)
     points, cluster = blobs(rng, centers=4, per=30)
     probs = np.full((len(points), 2), 0.5)            # everything equally uncertain
-    picked = hybrid(probs, points, np.zeros((0, 8)), 4, rng)
+    picked = hybrid(probs, points, 4, rng)
     assert len(set(cluster[picked].tolist())) == 4
 
 
@@ -53,7 +53,7 @@ def test_hybrid_does_not_starve_a_class():
     points = rng.normal(size=(100, 5))
     probs = np.tile([0.55, 0.45], (100, 1))
     probs[90:] = [0.3, 0.7]                           # a rare predicted class, less uncertain
-    picked = hybrid(probs, points, np.zeros((0, 5)), 6, rng)
+    picked = hybrid(probs, points, 6, rng)
     assert np.sum(probs[picked].argmax(1) == 1) >= 3
 
 
