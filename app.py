@@ -20,6 +20,7 @@ from PIL import Image
 from loop import autoaccept
 from loop.evaluation import risk_coverage
 from loop.export import to_csv, to_image_folder, to_json
+from loop.forecast import PowerLawForecast
 from loop.project import Paths, Project, create_project, open_or_create_dataset_project
 from loop.replay import curve_rows
 from loop.session import LabelingSession
@@ -213,19 +214,67 @@ def live_curve(project: Project) -> None:
     if not rows:
         st.info("No model yet: the curve starts with the first retrain.")
         return
-    frame = pd.DataFrame(rows)
     last = rows[-1]
     st.markdown(f"**{last['accuracy']:.1%}** hold-out accuracy with **{last['labels']}** labels "
                 f"(model v{last['version']}, {len(rows)} retrains).")
-    st.line_chart(frame.set_index("labels")[["accuracy", "balanced_accuracy"]], height=280)
-    st.caption("Provisional: the forecast of how many more labels a target accuracy needs comes "
-               "with the forecaster; until then only the measured points are shown, no fitted curve.")
     evaluation = project.store.evaluations(project.id)[-1]
+    target = st.slider("Target accuracy", 0.5, 0.99, 0.9, 0.01, key="target")
+    points = tuple((r["labels"], r["accuracy"]) for r in rows)
+    forecast = fit_curve(points, len(project.class_names), evaluation["n_holdout"])
+    st.pyplot(curve_figure(points, forecast, target), clear_figure=True)
+    if forecast is None:
+        st.caption("The fitted curve appears from three retrains on.")
+    else:
+        needed, low, high = forecast.labels_needed(target)
+        now = last["labels"]
+        if needed is None:
+            st.markdown(f"**Provisional:** {target:.0%} is not reachable with this model: the fitted "
+                        f"ceiling is {forecast.ceiling_:.1%}.")
+        else:
+            more = lambda v: "more than can be estimated" if v is None else f"{max(0, v - now):,.0f}"  # noqa: E731
+            st.markdown(f"**Provisional:** about **{more(needed)}** more labels (80% interval "
+                        f"{more(low)} to {more(high)}) to reach {target:.0%}.")
+        st.caption("Provisional forecast: one bounded power law with a bootstrap interval, not yet "
+                   "backtested on real curves; the forecaster issue replaces it.")
     per_class = pd.DataFrame({"class": list(evaluation["per_class"]),
                               "accuracy": list(evaluation["per_class"].values())})
     per_class = per_class.sort_values("accuracy")
     st.markdown("**Per-class accuracy** (the classes at the top need labels most)")
     st.dataframe(per_class, hide_index=True)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def fit_curve(points: tuple, n_classes: int, holdout_size: int):
+    if len(points) < 3:
+        return None
+    labels, accuracy = zip(*points)
+    try:
+        return PowerLawForecast(n_classes, holdout_size).fit(labels, accuracy)
+    except ValueError:
+        return None
+
+
+def curve_figure(points: tuple, forecast, target: float):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, accuracy = map(np.array, zip(*points))
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    ax.plot(labels, accuracy, "o", label="hold-out accuracy after each retrain")
+    if forecast is not None:
+        needed = forecast.labels_needed(target)[0]
+        end = max(labels.max() * 2, min(needed or 0, labels.max() * 10))
+        grid = np.linspace(labels.min(), end, 200)
+        mean, low, high = forecast.predict(grid)
+        ax.plot(grid, mean, "-", label="provisional fit")
+        ax.fill_between(grid, low, high, alpha=0.25, label="80% interval")
+    ax.axhline(target, color="grey", ls=":", label=f"target {target:.0%}")
+    ax.set(xlabel="labeled training images", ylabel="accuracy", ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
 
 
 def gallery(project: Project) -> None:
