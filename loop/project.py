@@ -247,7 +247,7 @@ class Project:
         version_number = (self.store.latest_model_version(self.id) or {"version": 0})["version"] + 1
         weights = head.save(self.paths.heads(self.name) / f"v{version_number:05d}-{time.time_ns()}.npz")
         counts = {self.class_names[c]: int(n) for c, n in zip(*np.unique(y, return_counts=True))}
-        n_auto = len(self.store.auto_labeled(self.id, up_to_event=last_event) & set(ids.tolist()))
+        n_auto = len(set(self.store.current_labels(self.id, "pool", last_event, source="auto")))
         version = self.store.add_model_version(
             self.id, n_labels=len(y), last_event_id=last_event, class_counts=counts,
             train_seconds=train_seconds, weights_path=str(weights), backbone=self.settings.backbone,

@@ -240,11 +240,12 @@ class Store:
             return [self.db["label_events"].insert(e).last_pk for e in events]
 
     def current_labels(self, project_id: int, split: str | None = None,
-                       up_to_event: int | None = None) -> dict[int, int]:
-        """{image id: class id} from the latest event of each image (retracted ones left out)."""
+                       up_to_event: int | None = None, source: str | None = None) -> dict[int, int]:
+        """{image id: class id} from the latest event of each image (retracted ones left out);
+        with `source`, only the labels whose latest event came from it."""
         sql = ("SELECT e.image_id, e.class_id FROM label_events e JOIN images i ON i.id = e.image_id "
                "WHERE e.id IN (SELECT max(id) FROM label_events WHERE project_id = ? {bound} "
-               "GROUP BY image_id) AND e.class_id IS NOT NULL AND i.status = 'ok' {split}")
+               "GROUP BY image_id) AND e.class_id IS NOT NULL AND i.status = 'ok' {split} {source}")
         args: list = [project_id]
         bound = ""
         if up_to_event is not None:
@@ -254,19 +255,12 @@ class Store:
         if split:
             where_split = "AND i.split = ?"
             args.append(split)
-        rows = self.db.execute(sql.format(bound=bound, split=where_split), args).fetchall()
+        where_source = ""
+        if source:
+            where_source = "AND e.source = ?"
+            args.append(source)
+        rows = self.db.execute(sql.format(bound=bound, split=where_split, source=where_source), args).fetchall()
         return dict(rows)
-
-    def auto_labeled(self, project_id: int, up_to_event: int | None = None) -> set[int]:
-        """Images whose current label was given by auto-accept."""
-        sql = ("SELECT image_id FROM label_events WHERE id IN (SELECT max(id) FROM label_events "
-               "WHERE project_id = ? {bound} GROUP BY image_id) AND source = 'auto' AND class_id IS NOT NULL")
-        args: list = [project_id]
-        bound = ""
-        if up_to_event is not None:
-            bound = "AND id <= ?"
-            args.append(up_to_event)
-        return {r[0] for r in self.db.execute(sql.format(bound=bound), args).fetchall()}
 
     def update_settings(self, project_id: int, settings_json: str) -> None:
         self.db["projects"].update(project_id, {"settings": settings_json})
