@@ -18,6 +18,7 @@ import streamlit as st
 from PIL import Image
 
 from loop import autoaccept
+from loop.benchmark import strategy_versus_control
 from loop.evaluation import risk_coverage
 from loop.export import to_csv, to_image_folder, to_json
 from loop.forecast import PowerLawForecast
@@ -239,8 +240,24 @@ def live_curve(project: Project) -> None:
     per_class = pd.DataFrame({"class": list(evaluation["per_class"]),
                               "accuracy": list(evaluation["per_class"].values())})
     per_class = per_class.sort_values("accuracy")
+    comparison = strategy_vs_control(project.id, project.name, rows[-1]["version"])
+    if comparison:
+        st.markdown(f"**Strategy against random, on this project's own labels:** a head trained on "
+                    f"{comparison['labels']} of the strategy's picks scores "
+                    f"{comparison['strategy_accuracy']:.1%} on the hold-out set; one trained on the "
+                    f"{comparison['labels']} random control picks scores {comparison['control_accuracy']:.1%} "
+                    f"(both with the {comparison['seeds']} seed labels).")
+    else:
+        st.caption("Strategy against random: shown once the random control slice (10% of queries) "
+                   "holds 5 labels.")
     st.markdown("**Per-class accuracy** (the classes at the top need labels most)")
     st.dataframe(per_class, hide_index=True)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def strategy_vs_control(project_id: int, name: str, version: int) -> dict | None:
+    """Recomputed once per model version (it trains a few small heads)."""
+    return strategy_versus_control(project_named(name))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -186,3 +186,41 @@ def write_json(results: dict, dataset: str, path: Path) -> None:
     existing[dataset] = entry
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(existing, indent=1, sort_keys=True) + "\n")
+
+
+def strategy_versus_control(project: Project, repeats: int = 5, min_control: int = 5) -> dict | None:
+    """Does the strategy beat random picking, on this project's own labels? Heads trained on the
+    m labels of the random control slice and on m labels drawn from the strategy's picks (the
+    seeds added to both) are scored on the hold-out set; None until there are `min_control`
+    control labels."""
+    from models.heads import SoftmaxHead
+
+    events = {}
+    for event in project.store.label_events(project.id):
+        events[event["image_id"]] = event
+    pool = {i["id"] for i in project.store.images(project.id, split="pool")}
+    current = {i: e for i, e in events.items() if i in pool and e["class_id"] is not None}
+    seeds = [i for i, e in current.items() if e["source"] == "seed"]
+    control = [i for i, e in current.items() if e["origin"] == "control"]
+    chosen = [i for i, e in current.items() if e["origin"] == "strategy"]
+    if len(control) < min_control or len(chosen) < len(control):
+        return None
+    ids, X, y = project.labeled("pool")
+    row = {int(i): k for k, i in enumerate(ids)}
+    _, X_holdout, y_holdout = project.labeled("holdout")
+    rng = np.random.default_rng(0)
+
+    def score(picked):
+        rows = [row[i] for i in seeds + list(picked)]
+        if len(np.unique(y[rows])) < 2:
+            return None
+        head = SoftmaxHead(len(project.class_names)).fit(X[rows], y[rows])
+        return float(np.mean(head.predict(X_holdout) == y_holdout))
+
+    random_score = score(control)
+    strategy_scores = [score(rng.choice(chosen, len(control), replace=False)) for _ in range(repeats)]
+    strategy_scores = [s for s in strategy_scores if s is not None]
+    if random_score is None or not strategy_scores:
+        return None
+    return {"labels": len(control), "seeds": len(seeds), "control_accuracy": random_score,
+            "strategy_accuracy": float(np.mean(strategy_scores))}

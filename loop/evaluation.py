@@ -85,3 +85,4 @@ def evaluate(y: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict:
         "rules": decision_rules(y, probs),
         "ece": expected_calibration_error(y, probs),
     }
+

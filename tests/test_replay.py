@@ -79,3 +79,17 @@ def test_slow_labeler_keeps_labeling_while_the_head_retrains(tmp_path, demo_proj
     rows = run(tmp_path / "s", labeler="slow:0.001", batch=5, budget=30, strategy="random")
     assert rows[-1]["labels"] == 10 + 30            # the last retrain saw every label
     assert len(rows) < 1 + 30 // 5                  # batches that came mid-retrain were folded
+
+
+def test_control_slice_shows_strategy_against_random(tmp_path, demo_project):
+    from loop.benchmark import strategy_versus_control
+    from loop.project import Paths, Project
+    from loop.store import Store
+    run(tmp_path / "c", budget=100, strategy="auto")
+    folder = tmp_path / "c" / "replay"
+    project = Project(Store(folder / "juicer.db"), "replay", Paths(folder, cache_dir=demo_project.paths.cache))
+    origins = [e["origin"] for e in project.store.label_events(project.id) if e["source"] == "simulated"]
+    assert set(origins) == {"strategy", "control"} and 3 <= origins.count("control") <= 20
+    comparison = strategy_versus_control(project, min_control=3)
+    assert comparison["labels"] == origins.count("control")
+    assert 0.1 < comparison["control_accuracy"] < 1 and 0.1 < comparison["strategy_accuracy"] < 1
