@@ -39,7 +39,7 @@ def next_queries(project: Project, n: int, head=None, model_version: int | None 
                  if i["id"] not in labels and i["id"] not in exclude]
     # Audits of auto-accept come first (the measured precision is what the lead waits for), but
     # take at most a fifth of a batch, so learning goes on.
-    audit_first = [i for i in unlabeled if i["id"] in audits][:max(1, n // 5)]
+    audit_first = [i for i in unlabeled if i["id"] in audits][:max(1, n // 5) if n > 0 else 0]
     unlabeled = [i for i in unlabeled if i["id"] not in audits]
     n -= len(audit_first)
     pool = [i for i in unlabeled if i["split"] == "pool"]
