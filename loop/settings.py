@@ -14,7 +14,7 @@ class HeadSettings:
     hidden_units: int = 0
     dropout: float = 0.0
     learning_rate: float = 1e-3
-    weight_decay: float = 1.0
+    weight_decay: float = 10.0
     batch_size: int = 256
     cold_steps: int = 300
     warm_steps: int = 100

@@ -30,7 +30,7 @@ class SoftmaxHead:
     """
 
     def __init__(self, n_classes: int, hidden_units: int = 0, dropout: float = 0.0,
-                 learning_rate: float = 1e-3, weight_decay: float = 1.0, batch_size: int = 256,
+                 learning_rate: float = 1e-3, weight_decay: float = 10.0, batch_size: int = 256,
                  cold_steps: int = 300, warm_steps: int = 100, class_balanced: bool = True,
                  seed: int = 0):
         if n_classes < 2:
