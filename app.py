@@ -37,24 +37,33 @@ DEFAULT_DATASET = os.environ.get("JUICER_DATASET", "demo")  # a bundled dataset 
 KEYS = [str(k) for k in range(1, 10)] + ["0"]
 
 
-@st.cache_resource(show_spinner=False)
 def paths() -> Paths:
     return Paths(DATA_DIR)
 
 
-@st.cache_resource(show_spinner=False)
 def open_demo() -> None:
+    _open_demo(str(DATA_DIR))
+
+
+@st.cache_resource(show_spinner=False)
+def _open_demo(data_dir: str) -> None:
     """Create the demo project on first start, with a progress bar while it embeds."""
     bar = st.progress(0.0, text="Preparing the demo project (first start only)...")
-    open_or_create_dataset_project(DEFAULT_DATASET, paths(), name=DEFAULT_PROJECT,
+    open_or_create_dataset_project(DEFAULT_DATASET, Paths(Path(data_dir)), name=DEFAULT_PROJECT,
                                    on_progress=lambda done, total: bar.progress(
                                        done / max(total, 1), text=f"Embedding images: {done} / {total}"))
     bar.empty()
 
 
-@st.cache_resource(show_spinner=False)
 def project_named(name: str) -> Project:
-    return Project(Store(paths().database), name, paths())
+    return _project(str(DATA_DIR), name)
+
+
+@st.cache_resource(show_spinner=False)
+def _project(data_dir: str, name: str) -> Project:
+    """One Project object per data root and name in this server process."""
+    root = Paths(Path(data_dir))
+    return Project(Store(root.database), name, root)
 
 
 @st.cache_data(max_entries=4096, show_spinner=False)
@@ -240,7 +249,7 @@ def live_curve(project: Project) -> None:
     per_class = pd.DataFrame({"class": list(evaluation["per_class"]),
                               "accuracy": list(evaluation["per_class"].values())})
     per_class = per_class.sort_values("accuracy")
-    comparison = strategy_vs_control(project.id, project.name, rows[-1]["version"])
+    comparison = strategy_vs_control(str(DATA_DIR), project.name, rows[-1]["version"])
     if comparison:
         st.markdown(f"**Strategy against random, on this project's own labels:** a head trained on "
                     f"{comparison['labels']} of the strategy's picks scores "
@@ -255,9 +264,9 @@ def live_curve(project: Project) -> None:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def strategy_vs_control(project_id: int, name: str, version: int) -> dict | None:
+def strategy_vs_control(data_dir: str, name: str, version: int) -> dict | None:
     """Recomputed once per model version (it trains a few small heads)."""
-    return strategy_versus_control(project_named(name))
+    return strategy_versus_control(_project(data_dir, name))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -1,9 +1,11 @@
 """Each page's logic through Streamlit's AppTest: the demo project opens, a batch labeled with the
 buttons is stored with its annotator and retrained on, and the curve, rules and project pages draw."""
 
+import sys
 import time
 
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import REPO, SHARED_DATA
@@ -15,8 +17,11 @@ def app(tmp_path, monkeypatch, demo_project, shared_cache):
     monkeypatch.setenv("JUICER_CACHE", str(shared_cache))
     # The demo images are already written out under the shared data root: link, don't copy.
     (tmp_path / "datasets").symlink_to(SHARED_DATA / "datasets")
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
-    return at
+    # Each test its own data root: no module or cache may carry another test's project over.
+    sys.modules.pop("app", None)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    return AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
 
 
 def metric(at, label):
