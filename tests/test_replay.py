@@ -78,7 +78,9 @@ def test_command_line_replay_and_errors(tmp_path, demo_project, capsys):
 def test_slow_labeler_keeps_labeling_while_the_head_retrains(tmp_path, demo_project):
     rows = run(tmp_path / "s", labeler="slow:0.001", batch=5, budget=30, strategy="random")
     assert rows[-1]["labels"] == 10 + 30            # the last retrain saw every label
-    assert len(rows) < 1 + 30 // 5                  # batches that came mid-retrain were folded
+    # At most one retrain per batch; how many were folded depends on timing, so folding itself
+    # is tested deterministically in test_project.py (a retrain held open by an event).
+    assert len(rows) <= 1 + 30 // 5
 
 
 def test_control_slice_shows_strategy_against_random(tmp_path, demo_project):
