@@ -76,11 +76,11 @@ def test_undo_draft_and_submitted_answer(project):
 
 
 def test_expired_lease_frees_the_image(project):
-    ana = LabelingSession(project, "ana", lease_seconds=0.3)
+    ana = LabelingSession(project, "ana", lease_seconds=2.0)
     held = ana.current().image_id
     assert project.store.lease(project.id, [held], "ben") == []        # held by ana
     assert held not in {LabelingSession(project, "ben").current().image_id}
-    time.sleep(0.4)                                                   # ana closed the tab
+    time.sleep(2.2)                                                   # ana closed the tab
     assert project.store.lease(project.id, [held], "ben") == [held]
     # Ben holds it now: ana's late answer is refused rather than silently doubled.
     with pytest.raises(StoreError, match="another annotator"):
