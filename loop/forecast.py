@@ -1,20 +1,480 @@
-"""A provisional learning-curve forecast: hold-out accuracy against labeled count, fitted with a
-bounded inverse power law, acc(n) = c - a * n^-b with chance <= c <= 1, weighted by each
-point's binomial hold-out noise, and an 80% interval from a parametric bootstrap.
+"""Learning-curve forecasts: hold-out accuracy against labeled count, extrapolated by several bounded
+curve families combined by how well each predicted later points on real curves (LCDB), with an 80%
+interval from a bootstrap over points and hold-out images, calibrated on held-apart datasets.
 
-Provisional: one family, points treated as independent, and not yet backtested on real curves
-(that is the forecaster issue). The app labels it so.
-
->>> n = np.array([10, 20, 40, 80, 160]); acc = 0.9 - 0.8 * n ** -0.5
->>> f = PowerLawForecast(n_classes=10, holdout_size=100000).fit(n, acc)
->>> round(f.ceiling_, 2), int(round(f.labels_needed(0.85)[0]))
-(0.9, 256)
+>>> n = np.array([16, 23, 32, 45, 64, 91, 128]); acc = 0.95 - 0.6 * n ** -0.5
+>>> f = LearningCurveForecaster(n_classes=10, holdout_size=5000).fit(n, acc)
+>>> mean, low, high = f.predict(512)
+>>> bool(low < 0.95 - 0.6 * 512 ** -0.5 < high), bool(abs(mean - (0.95 - 0.6 * 512 ** -0.5)) < 0.01)
+(True, True)
+>>> f.labels_needed(0.99).reachable
+False
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
 import numpy as np
-from scipy.optimize import curve_fit
+
+FAR = 1_000_000          # labels: a target first reached beyond this counts as not reachable
+GRID_POINTS = 480        # log-spaced label counts from 1 to FAR on which curves are tabulated
+Z80 = 1.2815515655446004  # the 90th percentile of the standard normal
+
+
+# -- curve families: y = c - a * phi(n), a >= 0, chance <= c <= 1 (c is the ceiling) ---------------
+
+# The grids of the nonlinear parameters (scales relative to the largest labeled count).
+EXPONENTS = np.geomspace(0.02, 2.0, 40)[:, None]
+EXP_SCALES = np.geomspace(1 / 32, 32, 32)[:, None]
+SHAPE_SCALES, SHAPE_POWERS = (g.ravel()[:, None] for g in np.meshgrid(np.geomspace(1 / 256, 32, 16),
+                                                                     np.geomspace(0.2, 3.0, 10)))
+
+
+def _pow3(n: np.ndarray, n_ref: float) -> np.ndarray:
+    return n[None, :] ** -EXPONENTS
+
+
+_pow2 = _pow3
+
+
+def _exp3(n: np.ndarray, n_ref: float) -> np.ndarray:
+    return np.exp(-n[None, :] / (n_ref * EXP_SCALES))
+
+
+def _ilog2(n: np.ndarray, n_ref: float) -> np.ndarray:
+    return 1 / np.log(n[None, :] + 1)
+
+
+def _mmf4(n: np.ndarray, n_ref: float) -> np.ndarray:
+    return 1 / (1 + (n[None, :] / (n_ref * SHAPE_SCALES)) ** SHAPE_POWERS)
+
+
+def _wbl4(n: np.ndarray, n_ref: float) -> np.ndarray:
+    return np.exp(-(n[None, :] / (n_ref * SHAPE_SCALES)) ** SHAPE_POWERS)
+
+
+def _log(n: np.ndarray, n_ref: float) -> np.ndarray:
+    return -np.log(n[None, :])
+
+
+# name -> (basis, ceiling). A basis maps label counts n (m,) to phi (grid, m), its scale set by the
+# largest labeled count n_ref: the nonlinear parameters sit on a fixed grid, so a fit is a few
+# matrix products for every replicate at once (fast, free of local minima). The ceiling c is fitted
+# between chance and 1 ("fit"), fixed at 1 ("one": errors vanish with data) or absent ("none":
+# `log` is only clipped at 1).
+FAMILIES: dict[str, tuple[Callable[[np.ndarray, float], np.ndarray], str]] = {
+    "pow3": (_pow3, "fit"),     # c - a n^-b: inverse power law
+    "pow2": (_pow2, "one"),     # 1 - a n^-b: error rate falling as a power law
+    "exp3": (_exp3, "fit"),     # c - a exp(-n / s)
+    "ilog2": (_ilog2, "fit"),   # c - a / log(n + 1)
+    "mmf4": (_mmf4, "fit"),     # c - a / (1 + (n / s)^d): Morgan-Mercer-Flodin
+    "wbl4": (_wbl4, "fit"),     # c - a exp(-(n / s)^d): Weibull
+    "log": (_log, "none"),      # c + a log n
+}
+CEILING_BOUNDS = {"fit": lambda chance: (chance, 1.0), "one": lambda chance: (1.0, 1.0),
+                  "none": lambda chance: (-np.inf, np.inf)}
+
+
+def fit_family(phi: np.ndarray, Y: np.ndarray, W: np.ndarray, low: float, high: float
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted least squares of y = c - a * phi_g(n) with a >= 0 and low <= c <= high, for every
+    row of Y (replicates, m) with weights W (replicates, m), over every grid row g of phi (G, m).
+    Returns per replicate the best (c, a, g).
+
+    >>> n = np.array([10., 20, 40, 80]); phi = n[None] ** -np.array([[0.3], [0.5], [0.7]])
+    >>> c, a, g = fit_family(phi, (0.9 - 0.5 * n ** -0.5)[None], np.ones((1, 4)), 0.1, 1.0)
+    >>> round(float(c[0]), 6), round(float(a[0]), 6), int(g[0])
+    (0.9, 0.5, 1)
+    """
+    X = -phi                                    # y = c + a x: a linear fit per grid row
+    Sw = W.sum(1)[:, None]
+    Sx, Sxx = W @ X.T, W @ (X * X).T
+    WY = W * Y
+    Sy, Syy, Sxy = WY.sum(1)[:, None], (WY * Y).sum(1)[:, None], WY @ X.T
+
+    def sse(c, a):
+        return Syy - 2 * c * Sy - 2 * a * Sxy + c * c * Sw + 2 * c * a * Sx + a * a * Sxx
+
+    det = Sw * Sxx - Sx * Sx
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a_free = np.where(det > 1e-12 * Sw * Sxx, (Sw * Sxy - Sx * Sy) / det, -1.0)
+        c_free = (Sy - a_free * Sx) / Sw
+        inside = (a_free >= 0) & (c_free >= low) & (c_free <= high)
+        best_c, best_a = np.where(inside, c_free, 0.0), np.where(inside, a_free, 0.0)
+        best = np.where(inside, sse(c_free, a_free), np.inf)
+        # Otherwise the optimum lies on an edge of the box: a = 0, c = low or c = high.
+        edges = [(np.broadcast_to(np.clip(Sy / Sw, low, high), Sx.shape), np.zeros_like(Sx))]
+        for bound in (low, high):
+            if np.isfinite(bound):
+                a_edge = np.where(Sxx > 0, np.clip((Sxy - bound * Sx) / Sxx, 0, None), 0.0)
+                edges.append((np.full_like(a_edge, bound), a_edge))
+        for c, a in edges:
+            s = sse(c, a)
+            better = s < best
+            best, best_c, best_a = (np.where(better, s, best), np.where(better, c, best_c),
+                                    np.where(better, a, best_a))
+    g = np.argmin(best, axis=1)
+    rows = np.arange(len(g))
+    return best_c[rows, g], best_a[rows, g], g
+
+
+# -- priors learned from real curves --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Priors:
+    """What the forecaster learned from real learning curves (see `learn_priors`).
+
+    At a horizon of r times the largest labeled count seen, the forecast is the fitted level there
+    plus a weighted sum of each family's predicted gain, `weights[i]` for `ratios[i]` (interpolated
+    in log r; plain family mean inside the data). Its 80% interval is the forecast plus
+    `quantiles[i]` times sqrt(bootstrap variance + `spread_floor[i]`^2), the floor standing for
+    the extrapolation error a bootstrap cannot see.
+    """
+
+    ratios: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
+    weights: tuple[tuple[float, ...], ...] = ((1 / 7,) * 7,) * 4
+    spread_floor: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0)
+    quantiles: tuple[tuple[float, float], ...] = ((-Z80, Z80),) * 4
+    train_noise: float = 0.02          # sd of training-set noise at the largest n (grows as 1/sqrt(n))
+    holdout_correlation: float = 0.7   # share of the nested-model correlation between checkpoints
+    learned_on: str = "nothing: uniform weights, a pure bootstrap interval"
+    families: tuple[str, ...] = tuple(FAMILIES)
+    # Labels needed are read off the forecast moved this far towards the error power law
+    # 1 - a n^-b ("pow2"): a curve that shrinks predicted gains is right on average about accuracy
+    # but late about when a target is crossed; learned for the labels-needed score.
+    labels_shift: float = 0.0
+
+    def at(self, ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(family weights (len, F), spread floor, low quantile, high quantile) at horizon ratios."""
+        x = np.log2(np.maximum(ratio, 1.0))
+        knots = np.log2(np.r_[1.0, self.ratios])
+        uniform = np.full(len(self.families), 1 / len(self.families))
+        table = np.vstack([uniform, np.asarray(self.weights)])
+        weights = np.stack([np.interp(x, knots, table[:, f]) for f in range(table.shape[1])], 1)
+        # Inside the data the interval uses the first horizon's calibration.
+        floor = np.interp(x, knots[1:], self.spread_floor)
+        q = np.asarray(self.quantiles)
+        return weights, floor, np.interp(x, knots[1:], q[:, 0]), np.interp(x, knots[1:], q[:, 1])
+
+
+def stacking_weights(gains: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Non-negative family weights w minimising sum |target - gains @ w| (least absolute
+    deviations, so a few wild curves do not steer it): gains (examples, families) are each family's
+    predicted gain over the fitted level, target the gain that was measured.
+
+    >>> g = np.array([[1., 0.], [0., 1.], [1., 1.], [2., 1.]]); t = g @ np.array([0.25, 0.5])
+    >>> np.round(stacking_weights(g, t), 3).tolist()
+    [0.25, 0.5]
+    """
+    from scipy import sparse
+    from scipy.optimize import linprog
+
+    m, k = gains.shape
+    eye = sparse.identity(m, format="csr")
+    A = sparse.hstack([sparse.csr_matrix(gains), eye, -eye], format="csr")
+    cost = np.r_[np.zeros(k), np.ones(2 * m)]
+    result = linprog(cost, A_eq=A, b_eq=target, bounds=[(0, None)] * (k + 2 * m), method="highs")
+    if not result.success:
+        raise ValueError(f"stacking weights could not be fitted: {result.message}")
+    return result.x[:k]
+
+
+def interval_calibration(center: np.ndarray, spread: np.ndarray, truth: np.ndarray,
+                         chance: np.ndarray, coverage: float = 0.8,
+                         floors: np.ndarray | None = None) -> tuple[float, float, float]:
+    """(spread floor, low quantile, high quantile) such that center + q * sqrt(spread^2 + floor^2)
+    holds the central `coverage` of the truths. The floor minimises the interval score (width plus
+    2 / (1 - coverage) times any miss), a proper score, so narrow intervals are not bought by
+    giving up on hard cases. Split-conformal: check it on other data.
+
+    >>> rng = np.random.default_rng(0); sd = rng.uniform(0.01, 0.05, 4000); e = rng.normal(0, 1, 4000)
+    >>> floor, low, high = interval_calibration(np.full(4000, 0.5), sd, 0.5 + e * sd, np.zeros(4000))
+    >>> floor <= 0.005, bool(-1.4 < low < -1.15 and 1.15 < high < 1.4)
+    (True, True)
+    """
+    tail = (1 - coverage) / 2
+    best = None
+    for floor in np.linspace(0, 0.1, 41) if floors is None else floors:
+        scale = np.sqrt(spread ** 2 + floor ** 2)
+        ok = scale > 0
+        if not ok.any():
+            continue
+        z = (truth[ok] - center[ok]) / scale[ok]
+        low, high = np.quantile(z, [tail, 1 - tail])
+        lo = np.clip(center + low * scale, chance, 1)
+        hi = np.clip(center + high * scale, chance, 1)
+        score = np.mean(hi - lo + (np.maximum(lo - truth, 0) + np.maximum(truth - hi, 0)) / tail)
+        if best is None or score < best[0] - 1e-12:
+            best = (score, float(floor), float(low), float(high))
+    if best is None:
+        raise ValueError("interval calibration needs examples with a non-zero spread")
+    return best[1:]
+
+
+# Learned by `python -m loop backtest-forecast --source lcdb --learn` on the LCDB datasets of the
+# prior split only (loop.backtest.split_datasets); the backtest scores the other half.
+DEFAULT_PRIORS = Priors()
+
+
+# -- the forecaster -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LabelsNeeded:
+    """Labels needed to reach `target`: `labels` is None when the forecast never gets there by FAR
+    labels ("not reachable with this model"; `ceiling` is where it levels off). `low`/`high` bound
+    the 80% interval (`high` None: beyond FAR). Unpacks as (labels, low, high)."""
+
+    target: float
+    labels: float | None
+    low: float | None
+    high: float | None
+    ceiling: float
+
+    @property
+    def reachable(self) -> bool:
+        return self.labels is not None
+
+    def __iter__(self):
+        return iter((self.labels, self.low, self.high))
+
+    def __str__(self) -> str:
+        if not self.reachable:
+            return (f"{self.target:.1%} is not reachable with this model: the forecast levels off "
+                    f"at {self.ceiling:.1%}")
+        count = lambda v: f"more than {FAR:,}" if v is None else f"{v:,.0f}"
+        return (f"about {self.labels:,.0f} labels to reach {self.target:.1%} "
+                f"(80% interval {count(self.low)} to {count(self.high)})")
+
+
+class LearningCurveForecaster:
+    """Forecast hold-out accuracy at any labeled count from (labeled count, accuracy) points.
+
+    `holdout_size` is the number of hold-out images (one number, or one per point). Points may
+    repeat a labeled count (repeated runs, as in a subsampling study): their mean is fitted and
+    their spread is the training-set noise. `fit(..., correct=)` takes per-image hold-out results
+    (points x images, 1 right, 0 wrong, NaN not scored), resampled jointly across points.
+    """
+
+    def __init__(self, n_classes: int, holdout_size: int | Sequence[int], n_boot: int = 100,
+                 priors: Priors = DEFAULT_PRIORS, seed: int = 0):
+        self.n_classes = n_classes
+        self.holdout_size = holdout_size
+        self.n_boot = n_boot
+        self.priors = priors
+        self.seed = seed
+
+    # -- fitting --------------------------------------------------------------------------------
+
+    def fit(self, labels, accuracy, correct=None) -> LearningCurveForecaster:
+        n, acc, holdout, correct = _check_points(labels, accuracy, self.holdout_size, self.n_classes,
+                                                 correct)
+        sizes, mean, spread, runs, holdout, correct = _pool_repeats(n, acc, holdout, correct)
+        if len(sizes) < 3:
+            raise ValueError(f"a forecast needs points at 3 or more distinct labeled counts, got "
+                             f"{len(sizes)} ({', '.join(f'{s:g}' for s in sizes)})")
+        priors, rng = self.priors, np.random.default_rng(self.seed)
+        chance = 1 / self.n_classes
+        n_max = sizes.max()
+        p = np.clip(mean, 0.5 / holdout, 1 - 0.5 / holdout)
+        holdout_var = p * (1 - p) / holdout
+        repeated = runs >= 2
+        train_var = np.where(repeated, spread / np.maximum(runs, 1),
+                             priors.train_noise ** 2 * n_max / sizes)
+        weights = 1 / (holdout_var + train_var)
+        point = self._fit_all(sizes, n_max, mean[None], weights[None], chance)
+        fitted = np.clip(np.mean([_curve(name, n_max, *point[name], sizes)[0]
+                                  for name in priors.families], 0), chance, 1)
+        holdout_noise = self._holdout_noise(fitted, mean, holdout, correct, rng)
+        replicates = fitted + holdout_noise + _training_noise(mean - fitted, n, acc, sizes, runs, rng,
+                                                              self.n_boot)
+        # A later measurement on the same hold-out images shares their luck: about this much of a
+        # replicate's hold-out shift at the last point carries over to it, so it is no uncertainty.
+        self.shared_shift_ = priors.holdout_correlation * holdout_noise[:, np.argmax(sizes)]
+        Y = np.vstack([mean, replicates])
+        W = np.broadcast_to(weights, Y.shape)
+        self.params_ = self._fit_all(sizes, n_max, Y, W, chance)
+        self.sizes_, self.accuracy_, self.weights_ = sizes, mean, weights
+        self.holdout_size_ = float(holdout[-1])
+        self.chance_, self.n_max_ = chance, float(n_max)
+        self._tabulate()
+        return self
+
+    def _fit_all(self, sizes, n_max, Y, W, chance) -> dict:
+        out = {}
+        for name in self.priors.families:
+            basis, ceiling = FAMILIES[name]
+            out[name] = fit_family(basis(sizes, n_max), Y, W, *CEILING_BOUNDS[ceiling](chance))
+        return out
+
+    def _holdout_noise(self, fitted, observed, holdout, correct, rng) -> np.ndarray:
+        """(n_boot, m) hold-out resampling noise, shared by all points (one hold-out set)."""
+        if correct is not None:
+            # Resample hold-out images jointly: every point sees the same resampled set.
+            scored = ~np.isnan(correct)
+            right = np.where(scored, correct, 0.0)
+            counts = rng.multinomial(correct.shape[1], np.full(correct.shape[1], 1 / correct.shape[1]),
+                                     size=self.n_boot).astype(float)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                resampled = (counts @ right.T) / (counts @ scored.T)
+            return np.nan_to_num(resampled - observed)
+        # No per-image results: Gaussian with the binomial variance per point and the correlation
+        # of nested models (a better model is right wherever a worse one was: min(p, q) - pq),
+        # shrunk towards independence (measured on a demo replay's per-image results: about 0.7).
+        p = np.clip(fitted, 0.5 / holdout, 1 - 0.5 / holdout)
+        nested = (np.minimum.outer(p, p) - np.outer(p, p)) / np.sqrt(np.outer(holdout, holdout))
+        lam = self.priors.holdout_correlation
+        cov = lam * nested + (1 - lam) * np.diag(np.diag(nested))
+        root = np.linalg.cholesky(cov + 1e-12 * np.eye(len(p)))
+        return rng.standard_normal((self.n_boot, len(p))) @ root.T
+
+    def _tabulate(self) -> None:
+        """Forecast and interval on a log grid of labeled counts (predict interpolates)."""
+        grid = np.geomspace(1, FAR, GRID_POINTS)
+        self.grid_ = grid
+        curves = self.family_values(grid)                        # (replicates, F, grid)
+        base = self.family_values(np.array([self.n_max_])).mean(1)   # (replicates, 1)
+        weights, floor, q_low, q_high = self.priors.at(grid / self.n_max_)
+        center = base + np.einsum("rfg,gf->rg", curves - base[:, :, None], weights)
+        center = np.maximum.accumulate(np.clip(center, self.chance_, 1.0), axis=1)  # monotone in n
+        # The interval is for the accuracy that will be measured on the same hold-out set: the
+        # replicates' spread less the hold-out luck it shares with the points seen, plus what a
+        # later measurement adds: its own hold-out noise (the part not shared) and one run's
+        # training-set noise.
+        self.boot_sd_ = ((center[1:] - self.shared_shift_[:, None]).std(0) if len(center) > 1
+                         else np.zeros(len(grid)))
+        lam = self.priors.holdout_correlation
+        p = np.clip(center[0], 0.5 / self.holdout_size_, 1 - 0.5 / self.holdout_size_)
+        self.noise_sd_ = np.sqrt((1 - lam ** 2) * p * (1 - p) / self.holdout_size_
+                                 + self.priors.train_noise ** 2 * self.n_max_ / grid)
+        spread = np.sqrt(self.boot_sd_ ** 2 + self.noise_sd_ ** 2 + floor ** 2)
+        self.center_ = center[0]
+        self.low_ = np.clip(center[0] + q_low * spread, self.chance_, 1.0)
+        self.high_ = np.clip(center[0] + q_high * spread, self.chance_, 1.0)
+        shift = self.priors.labels_shift * (curves[0, self.priors.families.index("pow2")] - center[0]
+                                            if "pow2" in self.priors.families else 0.0)
+        self.labels_center_, self.labels_low_, self.labels_high_ = (
+            np.maximum.accumulate(np.clip(v + shift, self.chance_, 1.0))
+            for v in (self.center_, self.low_, self.high_))
+        self.ceiling_ = float(self.labels_center_[-1])
+
+    def recalibrated(self, priors: Priors) -> LearningCurveForecaster:
+        """A copy of this fitted forecaster that combines and calibrates with other `priors`
+        (same families and noise model: the fit itself is reused, not redone)."""
+        same_fit = (priors.families, priors.train_noise, priors.holdout_correlation) == (
+            self.priors.families, self.priors.train_noise, self.priors.holdout_correlation)
+        if not same_fit:
+            raise ValueError("recalibrated() needs priors with the same families, train_noise and "
+                             "holdout_correlation; fit a new forecaster instead")
+        other = copy.copy(self)
+        other.priors = priors
+        other._tabulate()
+        return other
+
+    def family_values(self, n) -> np.ndarray:
+        """Each family's fitted curve at `n`, for the fit (row 0) and every bootstrap replicate:
+        (1 + n_boot, families, len(n)), clipped to [chance, 1]."""
+        n = np.asarray(n, dtype=float)
+        return np.stack([np.clip(_curve(name, self.n_max_, *self.params_[name], n), self.chance_, 1.0)
+                         for name in self.priors.families], 1)
+
+    # -- the estimator's answers ------------------------------------------------------------------
+
+    def predict(self, n):
+        """(expected accuracy, 10th percentile, 90th percentile) at labeled count(s) `n`."""
+        x = np.log(np.clip(np.asarray(n, dtype=float), 1, FAR))
+        grid = np.log(self.grid_)
+        out = tuple(np.interp(x, grid, values) for values in (self.center_, self.low_, self.high_))
+        return tuple(float(v) for v in out) if np.ndim(n) == 0 else out
+
+    def labels_needed(self, target: float) -> LabelsNeeded:
+        """Labels at which the forecast first reaches `target` (a share, e.g. 0.9), with its 80%
+        interval read off the band; not reachable when the forecast stays below it by FAR labels.
+        The curve read is the forecast moved `priors.labels_shift` of the way towards the error
+        power law (`labels_center_`), the shift that best predicted when real curves crossed
+        targets."""
+        if not 0 < target <= 1:
+            raise ValueError(f"target accuracy must lie in (0, 1], got {target}")
+        first = lambda values: _first_crossing(self.grid_, values, target)
+        return LabelsNeeded(target=float(target), labels=first(self.labels_center_),
+                            low=first(self.labels_high_), high=first(self.labels_low_),
+                            ceiling=self.ceiling_)
+
+
+def _curve(name, n_ref, c, a, g, n) -> np.ndarray:
+    return c[:, None] - a[:, None] * FAMILIES[name][0](n, n_ref)[g]
+
+
+def _first_crossing(grid: np.ndarray, values: np.ndarray, target: float) -> float | None:
+    above = np.flatnonzero(values >= target)
+    if not len(above):
+        return None
+    i = above[0]
+    if i == 0:
+        return float(grid[0])
+    lo, hi = values[i - 1], values[i]
+    t = (target - lo) / (hi - lo) if hi > lo else 1.0
+    return float(np.exp(np.log(grid[i - 1]) + t * (np.log(grid[i]) - np.log(grid[i - 1]))))
+
+
+def _check_points(labels, accuracy, holdout_size, n_classes, correct):
+    n = np.asarray(labels, dtype=float).ravel()
+    acc = np.asarray(accuracy, dtype=float).ravel()
+    if len(n) != len(acc):
+        raise ValueError(f"labels and accuracy differ in length: {len(n)} and {len(acc)}")
+    if not np.all(np.isfinite(n)) or np.any(n < 1):
+        raise ValueError(f"labeled counts must be finite and at least 1, got {n[~(np.isfinite(n) & (n >= 1))][:5]}")
+    if not np.all(np.isfinite(acc)) or np.any((acc < 0) | (acc > 1)):
+        raise ValueError(f"accuracies must be shares in [0, 1], got {acc[~((acc >= 0) & (acc <= 1))][:5]}")
+    if int(n_classes) < 2:
+        raise ValueError(f"n_classes must be at least 2, got {n_classes}")
+    holdout = np.broadcast_to(np.asarray(holdout_size, dtype=float), n.shape).copy()
+    if np.any(~np.isfinite(holdout) | (holdout < 1)):
+        raise ValueError(f"holdout_size must be at least 1 image, got {holdout_size}")
+    if correct is not None:
+        correct = np.asarray(correct, dtype=float)
+        if correct.ndim != 2 or len(correct) != len(n):
+            raise ValueError(f"correct must be (points, hold-out images) = ({len(n)}, ...), got "
+                             f"shape {correct.shape}")
+    return n, acc, holdout, correct
+
+
+def _pool_repeats(n, acc, holdout, correct):
+    """Per distinct labeled count: mean accuracy, variance across runs, runs, mean hold-out size
+    and mean per-image correctness."""
+    sizes, index, runs = np.unique(n, return_inverse=True, return_counts=True)
+    mean = np.bincount(index, acc) / runs
+    spread = np.bincount(index, (acc - mean[index]) ** 2) / np.maximum(runs - 1, 1)
+    holdout = np.bincount(index, holdout) / runs
+    if correct is not None:
+        pooled = np.full((len(sizes), correct.shape[1]), np.nan)
+        for j in range(len(sizes)):
+            with np.errstate(invalid="ignore"):
+                rows = correct[index == j]
+                seen = ~np.isnan(rows)
+                pooled[j] = np.where(seen.any(0), np.nansum(rows, 0) / np.maximum(seen.sum(0), 1), np.nan)
+        correct = pooled
+    return sizes, mean, spread, runs, holdout, correct
+
+
+def _training_noise(residual, n, acc, sizes, runs, rng, n_boot) -> np.ndarray:
+    """(n_boot, m) bootstrap over points: runs resampled within each labeled count where there are
+    repeats, the point's own residual with a random sign (wild bootstrap) where there is one."""
+    out = residual[None, :] * rng.choice([-1.0, 1.0], size=(n_boot, len(sizes)))
+    for j in np.flatnonzero(runs >= 2):
+        values = acc[n == sizes[j]]
+        out[:, j] = rng.choice(values, size=(n_boot, len(values))).mean(1) - values.mean()
+    return out
+
+
+# -- the provisional single-family forecast (kept for the app until it switches) ------------------
+
+def _curve_fit(*args, **kwargs):
+    from scipy.optimize import curve_fit
+
+    return curve_fit(*args, **kwargs)
 
 
 def _power_law(n, c, a, b):
@@ -22,6 +482,16 @@ def _power_law(n, c, a, b):
 
 
 class PowerLawForecast:
+    """The provisional forecast the app's curve page still uses until it moves to
+    LearningCurveForecaster: one bounded inverse power law, points treated as independent, a
+    parametric-bootstrap interval, not backtested.
+
+    >>> n = np.array([10, 20, 40, 80, 160]); acc = 0.9 - 0.8 * n ** -0.5
+    >>> f = PowerLawForecast(n_classes=10, holdout_size=100000).fit(n, acc)
+    >>> round(f.ceiling_, 2), int(round(f.labels_needed(0.85)[0]))
+    (0.9, 256)
+    """
+
     def __init__(self, n_classes: int, holdout_size: int, bootstrap: int = 100, seed: int = 0):
         self.n_classes = n_classes
         self.holdout_size = holdout_size
@@ -34,7 +504,7 @@ class PowerLawForecast:
         sigma = np.sqrt(p * (1 - p) / self.holdout_size)
         start = (min(0.999, max(acc.max() + 0.02, chance + 0.01)), max(acc.max() - acc.min(), 0.05), 0.5)
         try:
-            params, _ = curve_fit(_power_law, n, acc, p0=start, sigma=sigma, maxfev=5000,
+            params, _ = _curve_fit(_power_law, n, acc, p0=start, sigma=sigma, maxfev=5000,
                                   bounds=([chance, 0.0, 0.01], [1.0, 100.0, 3.0]))
         except (RuntimeError, ValueError):
             return None
@@ -78,5 +548,5 @@ class PowerLawForecast:
         point = needed(self.params_)
         spread = np.sort([needed(p) for p in self.draws_])   # may hold inf: nearest-rank quantiles
         low, high = spread[int(0.1 * (len(spread) - 1))], spread[int(np.ceil(0.9 * (len(spread) - 1)))]
-        as_value = lambda v: None if not np.isfinite(v) else float(v)  # noqa: E731
+        as_value = lambda v: None if not np.isfinite(v) else float(v)
         return as_value(point), as_value(low), as_value(high)

@@ -1,0 +1,510 @@
+"""Backtest of the learning-curve forecaster on real curves (the Learning Curve Database, PyPI `lcdb`,
+and replays' curve.csv files): fit on the points up to N0, score at 2x, 4x and 8x N0 beside two
+baselines; the priors are learned on LCDB datasets kept apart from the ones scored.
+
+    python -m loop backtest-forecast --source lcdb --json
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from loop.forecast import (
+    DEFAULT_PRIORS,
+    FAR,
+    Z80,
+    LearningCurveForecaster,
+    Priors,
+    _first_crossing,
+    interval_calibration,
+    stacking_weights,
+)
+
+N0S = (64, 128, 256)
+HORIZONS = (2, 4, 8)
+MODELS = ("forecaster", "flat", "power_unbounded")
+TARGET_MARGIN = 0.01     # a labels-needed target lies at least 1 point above the smoothed level at N0
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One learning curve: hold-out accuracy by labeled count, on one hold-out set."""
+
+    name: str
+    dataset: str                 # the unit kept apart when priors are learned
+    labels: np.ndarray
+    accuracy: np.ndarray
+    holdout_size: int
+    n_classes: int
+    correct: np.ndarray | None = None   # per-image results (points x images), where stored
+
+
+# -- sources ----------------------------------------------------------------------------------
+
+def lcdb_curves() -> tuple[list[Curve], str]:
+    """One curve per LCDB dataset and learner (outer and inner seed 0: one validation set,
+    nested training sets, like a labeling project). Returns (curves, a note on the selection)."""
+    import pandas as pd
+
+    spec = importlib.util.find_spec("lcdb")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("the Learning Curve Database needs the PyPI package 'lcdb' "
+                         "(pip install lcdb==0.1.0)")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    table = pd.read_csv(folder / "database-accuracy.csv",
+                        usecols=["openmlid", "learner", "size_train", "outer_seed", "inner_seed",
+                                 "score_valid"])
+    table = table[(table.outer_seed == 0) & (table.inner_seed == 0)].sort_values(
+        ["openmlid", "learner", "size_train"])
+    classes = pd.read_csv(folder / "datasets.csv", usecols=["openmlid", "NumberOfClasses"]
+                          ).set_index("openmlid")["NumberOfClasses"].to_dict()
+    curves, unknown = [], set()
+    for (openmlid, learner), rows in table.groupby(["openmlid", "learner"], sort=True):
+        k = classes.get(openmlid)
+        if k is None or not k >= 2:
+            unknown.add(openmlid)
+            continue
+        n = rows.size_train.to_numpy(float)
+        # LCDB's validation set is 10% of the learning set (at most 5,000); the largest anchor is
+        # the other 90%.
+        holdout = int(min(5000, max(1, round(n.max() / 9))))
+        curves.append(Curve(f"lcdb {openmlid} {learner.split('.')[-1]}", f"lcdb-{openmlid}", n,
+                            rows.score_valid.to_numpy(float), holdout, int(k)))
+    note = (f"LCDB: one curve per dataset and learner (outer and inner seed 0, validation score); "
+            f"{len(unknown)} datasets without a class count in lcdb's datasets.csv left out")
+    return curves, note
+
+
+def replay_curves(folder: str | Path, holdout_size: int | None = None,
+                  n_classes: int | None = None) -> tuple[list[Curve], str]:
+    """Every curve.csv under `folder` (written by `python -m loop replay --out DIR`). The hold-out
+    size, class count and per-image hold-out results come from the replay's database beside it
+    (DIR/replay/juicer.db); without one, give `holdout_size` and `n_classes`."""
+    from loop.store import Store
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"'{folder}' is not a folder; give --source lcdb or a folder of replays")
+    paths = sorted(folder.rglob("curve.csv"))
+    if not paths:
+        raise ValueError(f"no curve.csv under '{folder}': write some with "
+                         "python -m loop replay ... --out DIR")
+    curves = []
+    for path in paths:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("labels") and r.get("accuracy")]
+        if not rows:
+            continue
+        labels = np.array([float(r["labels"]) for r in rows])
+        accuracy = np.array([float(r["accuracy"]) for r in rows])
+        database = path.parent / "replay" / "juicer.db"
+        correct, holdout, k = None, holdout_size, n_classes
+        if database.exists():
+            store = Store(database)
+            project = store.projects()[0]
+            evaluations = store.evaluations(project["id"])
+            if len(evaluations) == len(rows):
+                holdout = int(evaluations[-1]["n_holdout"])
+                k = len(store.classes(project["id"]))
+                correct = holdout_correctness(store, project["id"], evaluations)
+        if holdout is None or k is None:
+            raise ValueError(f"'{path}' has no replay database beside it; give --holdout-size "
+                             "and --classes")
+        curves.append(Curve(str(path.parent.relative_to(folder)), str(path.parent), labels,
+                            accuracy, int(holdout), int(k), correct))
+    return curves, f"{len(curves)} replay curve(s) under {folder}"
+
+
+def holdout_correctness(store, project_id: int, evaluations: list[dict]) -> np.ndarray:
+    """(evaluations, hold-out images) 1 where the model was right, 0 wrong, NaN not scored."""
+    classes = {c["id"]: i for i, c in enumerate(store.classes(project_id))}
+    results = [store.holdout_predictions(e["id"]) for e in evaluations]
+    images = np.unique(np.concatenate([ids for ids, _, _ in results]))
+    correct = np.full((len(results), len(images)), np.nan)
+    for row, (ids, truth, probs) in enumerate(results):
+        if len(ids):
+            right = probs.argmax(1) == np.array([classes[c] for c in truth])
+            correct[row, np.searchsorted(images, ids)] = right
+    return correct
+
+
+def split_datasets(curves: list[Curve], seed: int = 0) -> tuple[list[Curve], list[Curve]]:
+    """(prior, scored): half the datasets, drawn at random once, teach the priors; the curves
+    of the other half are scored. No dataset is in both."""
+    datasets = sorted({c.dataset for c in curves})
+    prior = set(np.random.default_rng(seed).permutation(datasets)[:len(datasets) // 2])
+    return [c for c in curves if c.dataset in prior], [c for c in curves if c.dataset not in prior]
+
+
+def subsample(curves: list[Curve], limit: int | None, seed: int = 1) -> list[Curve]:
+    """At most `limit` curves, drawn deterministically."""
+    if limit is None or len(curves) <= limit:
+        return curves
+    keep = np.sort(np.random.default_rng(seed).choice(len(curves), limit, replace=False))
+    return [curves[i] for i in keep]
+
+
+# -- smoothing the truth, baselines -------------------------------------------------------------
+
+def isotonic(y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted non-decreasing least-squares fit (pool adjacent violators).
+
+    >>> isotonic(np.array([0.5, 0.7, 0.6, 0.8]), np.ones(4)).round(2).tolist()
+    [0.5, 0.65, 0.65, 0.8]
+    """
+    values, weights, counts = [], [], []
+    for yi, wi in zip(map(float, y), map(float, w)):
+        values.append(yi)
+        weights.append(wi)
+        counts.append(1)
+        while len(values) > 1 and values[-2] > values[-1]:
+            total = weights[-2] + weights[-1]
+            values[-2:] = [(values[-2] * weights[-2] + values[-1] * weights[-1]) / total]
+            weights[-2:] = [total]
+            counts[-2:] = [counts[-2] + counts[-1]]
+    return np.repeat(values, counts)
+
+
+def first_reached(labels: np.ndarray, smooth: np.ndarray, target: float) -> float | None:
+    """Labeled count where a non-decreasing curve first reaches `target` (log-linear between points)."""
+    above = np.flatnonzero(smooth >= target - 1e-12)
+    if not len(above):
+        return None
+    i = above[0]
+    if i == 0 or smooth[i] <= smooth[i - 1]:
+        return float(labels[i])
+    t = (target - smooth[i - 1]) / (smooth[i] - smooth[i - 1])
+    return float(np.exp(np.log(labels[i - 1]) + t * np.log(labels[i] / labels[i - 1])))
+
+
+def flat_baseline(labels, accuracy, holdout_size: int):
+    """Accuracy stays at its last value, give or take the hold-out's binomial noise."""
+    last = float(accuracy[np.argmax(labels)])
+    half = Z80 * np.sqrt(max(last * (1 - last), 0.25 / holdout_size) / holdout_size)
+
+    def predict(n):
+        n = np.asarray(n, dtype=float)
+        return np.full(n.shape, last), np.full(n.shape, last - half), np.full(n.shape, last + half)
+
+    def needed(target):
+        return float(labels.max()) if last >= target else None
+
+    return predict, needed
+
+
+def power_baseline(labels, accuracy):
+    """The common recipe: acc = a * n^b by least squares (no bound, no weights), with the
+    textbook interval from the fit's covariance and residual variance."""
+    from scipy.optimize import curve_fit
+
+    n, y = np.asarray(labels, float), np.asarray(accuracy, float)
+    slope, intercept = np.polyfit(np.log(n), np.log(np.clip(y, 1e-3, None)), 1)
+    params, cov = np.array([np.exp(intercept), slope]), np.zeros((2, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            params, cov = curve_fit(lambda x, a, b: a * x ** b, n, y, p0=params, maxfev=2000)
+        except (RuntimeError, ValueError):
+            pass
+    if not np.all(np.isfinite(cov)):
+        cov = np.zeros((2, 2))
+    a, b = params
+    residual = y - a * n ** b
+    noise = residual @ residual / max(len(n) - 2, 1)
+
+    def predict(x):
+        x = np.asarray(x, dtype=float)
+        mean = a * x ** b
+        grad = np.stack([x ** b, a * x ** b * np.log(x)], -1)
+        half = Z80 * np.sqrt(np.einsum("...i,ij,...j->...", grad, cov, grad) + noise)
+        return mean, mean - half, mean + half
+
+    def needed(target):
+        if a * n.max() ** b >= target:
+            return float(n.max())
+        if b <= 0 or a <= 0:
+            return None
+        value = (target / a) ** (1 / b)
+        return float(value) if value <= FAR else None
+
+    return predict, needed
+
+
+# -- fitting truncated curves, learning the priors, scoring -------------------------------------
+
+@dataclass
+class Truncated:
+    """A curve cut at N0 and the forecaster fitted to what was seen by then."""
+
+    curve: Curve
+    n0: int
+    labels: np.ndarray
+    accuracy: np.ndarray
+    forecaster: LearningCurveForecaster
+
+
+def _at(curve: Curve, n: float) -> int | None:
+    """Index of the curve's point at labeled count n (nearest, within a quarter doubling)."""
+    distance = np.abs(np.log2(curve.labels / n))
+    i = int(np.argmin(distance))
+    return i if distance[i] <= 0.25 else None
+
+
+def truncated_fits(curves: list[Curve], n0s=N0S, priors: Priors = DEFAULT_PRIORS,
+                   n_boot: int = 100) -> list[Truncated]:
+    """Fit the forecaster on each curve's points up to each N0 (where there are 3 or more)."""
+    out = []
+    for curve in curves:
+        for n0 in n0s:
+            keep = curve.labels <= n0 * (1 + 1e-9)
+            if len(np.unique(curve.labels[keep])) < 3 or _at(curve, n0) is None:
+                continue
+            correct = curve.correct[keep] if curve.correct is not None else None
+            try:
+                f = LearningCurveForecaster(curve.n_classes, curve.holdout_size, n_boot=n_boot,
+                                            priors=priors).fit(curve.labels[keep], curve.accuracy[keep],
+                                                               correct)
+            except ValueError:
+                continue
+            out.append(Truncated(curve, n0, curve.labels[keep], curve.accuracy[keep], f))
+    return out
+
+
+def learn_priors(fits: list[Truncated], source: str = "LCDB") -> Priors:
+    """Stacking weights and interval calibration at each horizon ratio of the priors, from
+    forecasters fitted to truncated curves and the points that came later on those curves."""
+    if len(fits) < 50:
+        raise ValueError(f"learning priors needs at least 50 truncated curves, got {len(fits)}")
+    base = fits[0].forecaster.priors
+    ratios = np.array(base.ratios)
+    truths = np.array([[np.nan if i is None else t.curve.accuracy[i]
+                        for i in (_at(t.curve, r * t.forecaster.n_max_) for r in ratios)] for t in fits])
+    chances = np.array([t.forecaster.chance_ for t in fits])
+    values = np.stack([t.forecaster.family_values(t.forecaster.n_max_ * np.r_[1.0, ratios])[0]
+                       for t in fits])                           # (fits, families, 1 + ratios)
+    level = values[:, :, 0].mean(1)
+    weights = []
+    for k in range(len(ratios)):
+        known = ~np.isnan(truths[:, k])
+        gains = values[known, :, k + 1] - level[known, None]
+        weights.append(tuple(round(float(w), 4)
+                             for w in stacking_weights(gains, truths[known, k] - level[known])))
+    priors = dataclasses.replace(base, weights=tuple(weights), spread_floor=(0.0,) * len(ratios),
+                                 quantiles=((-Z80, Z80),) * len(ratios))
+    center, spread = np.empty(truths.shape), np.empty(truths.shape)
+    for i, t in enumerate(fits):
+        f = t.forecaster.recalibrated(priors)
+        x, grid = np.log(ratios * f.n_max_), np.log(f.grid_)
+        center[i] = np.interp(x, grid, f.center_)
+        spread[i] = np.interp(x, grid, np.hypot(f.boot_sd_, f.noise_sd_))
+    floors, quantiles = [], []
+    for k in range(len(ratios)):
+        known = ~np.isnan(truths[:, k])
+        floor, low, high = interval_calibration(center[known, k], spread[known, k], truths[known, k],
+                                                chances[known])
+        floors.append(round(floor, 4))
+        quantiles.append((round(low, 4), round(high, 4)))
+    priors = dataclasses.replace(priors, spread_floor=tuple(floors), quantiles=tuple(quantiles))
+    datasets = len({t.curve.dataset for t in fits})
+    return dataclasses.replace(priors, labels_shift=learn_labels_shift(fits, priors),
+                               learned_on=f"{len(fits)} truncated curves of {datasets} {source} datasets")
+
+
+LABELS_SHIFTS = np.linspace(0, 1, 9)
+
+
+def learn_labels_shift(fits: list[Truncated], priors: Priors, horizons=HORIZONS,
+                       max_false_unreachable: float = 0.1) -> float:
+    """The shift towards the error power law (Priors.labels_shift) whose labels-needed forecasts
+    fell within 2x of the truth most often on these curves, among the shifts that said "not
+    reachable" of a target that was reached at most `max_false_unreachable` of the time (the
+    least often, if none does)."""
+    ratios = {shift: [] for shift in LABELS_SHIFTS}
+    for t in fits:
+        targets = labels_targets(t, horizons)
+        if not targets:
+            continue
+        f = t.forecaster.recalibrated(priors)
+        power = f.family_values(f.grid_)[0, list(priors.families).index("pow2")]
+        for shift in LABELS_SHIFTS:
+            curve = np.maximum.accumulate(np.clip(f.center_ + shift * (power - f.center_),
+                                                  f.chance_, 1.0))
+            for target, reached in targets:
+                guess = _first_crossing(f.grid_, curve, target)
+                ratios[shift].append(np.inf if guess is None else np.log2(guess / reached))
+    if not ratios[0.0]:
+        return 0.0
+    scores = {s: (np.mean(np.abs(r) <= 1), np.mean(np.isinf(r))) for s, r in ratios.items()}
+    allowed = [s for s, (_, unreachable) in scores.items() if unreachable <= max_false_unreachable]
+    if not allowed:
+        return float(min(scores, key=lambda s: scores[s][1]))
+    return float(max(allowed, key=lambda s: scores[s][0]))
+
+
+def labels_targets(t: Truncated, horizons=HORIZONS) -> list[tuple[float, float]]:
+    """(target, labels at which the smoothed curve first reached it) for each horizon: the target
+    is the smoothed (isotonic, binomially weighted) curve's value at horizon x N0, scored only where
+    it lies TARGET_MARGIN or more above the smoothed value at N0."""
+    curve = t.curve
+    smooth = smoothed(curve)
+    now = _at(curve, t.n0)
+    out = []
+    for h in horizons:
+        i = _at(curve, h * t.n0)
+        if i is None or curve.labels[i] <= t.labels.max():
+            continue
+        if smooth[i] >= smooth[now] + TARGET_MARGIN:
+            out.append((float(smooth[i]), first_reached(curve.labels, smooth, smooth[i])))
+    return out
+
+
+def smoothed(curve: Curve) -> np.ndarray:
+    """The curve made non-decreasing, each point weighted by its binomial hold-out precision."""
+    p = np.clip(curve.accuracy, 0.5 / curve.holdout_size, 1 - 0.5 / curve.holdout_size)
+    return isotonic(curve.accuracy, curve.holdout_size / (p * (1 - p)))
+
+
+def backtest(scored: list[tuple[list[Truncated], Priors]], horizons=HORIZONS) -> dict:
+    """Per (N0, horizon) and model: errors, interval hits and widths at the measured accuracy, and
+    labels-needed outcomes against the smoothed curve. Each group of fits is recalibrated with the
+    priors beside it (learned elsewhere)."""
+    records: dict = {}
+    for fits, priors in scored:
+        for t in fits:
+            _score(t, priors, horizons, records)
+    return {f"n0_{n0}_h{h}": {name: summarize(records[(n0, h)][name]) for name in MODELS}
+            for n0, h in sorted(records)}
+
+
+def _score(t: Truncated, priors: Priors, horizons, records: dict) -> None:
+    curve = t.curve
+    smooth = smoothed(curve)
+    f = t.forecaster.recalibrated(priors)
+    models = {"forecaster": (f.predict, lambda target: f.labels_needed(target).labels),
+              "flat": flat_baseline(t.labels, t.accuracy, curve.holdout_size),
+              "power_unbounded": power_baseline(t.labels, t.accuracy)}
+    now = _at(curve, t.n0)
+    for h in horizons:
+        i = _at(curve, h * t.n0)
+        if i is None or curve.labels[i] <= t.labels.max():
+            continue
+        truth, target = curve.accuracy[i], smooth[i]
+        reached = (first_reached(curve.labels, smooth, target)
+                   if target >= smooth[now] + TARGET_MARGIN else None)
+        for name, (predict, needed) in models.items():
+            mean, low, high = (float(np.ravel(v)[0]) for v in predict([curve.labels[i]]))
+            r = records.setdefault((t.n0, h), {m: {"error": [], "hit": [], "width": [], "ratio": [],
+                                                   "holdout": []} for m in MODELS})[name]
+            r["error"].append(mean - truth)
+            r["hit"].append(low <= truth <= high)
+            r["width"].append(high - low)
+            r["holdout"].append(curve.holdout_size)
+            if reached is not None:
+                guess = needed(target)
+                r["ratio"].append(np.inf if guess is None else np.log2(guess / reached))
+
+
+HOLDOUT_BANDS = ((1, 100), (100, 300), (300, 1000), (1000, 5001))
+
+
+def summarize(r: dict) -> dict:
+    error, ratio = np.array(r["error"]), np.array(r["ratio"])
+    if not len(error):
+        return {"n": 0}
+    out = {"n": len(error), "mae": round(100 * float(np.mean(np.abs(error))), 3),
+           "bias": round(100 * float(np.mean(error)), 3),
+           "coverage80": round(float(np.mean(r["hit"])), 4),
+           "width80": round(100 * float(np.mean(r["width"])), 3), "targets": len(ratio)}
+    if len(ratio):
+        out.update(within2x=round(float(np.mean(np.abs(ratio) <= 1)), 4),
+                   median_abs_log2=round(float(np.median(np.abs(ratio))), 3),
+                   false_unreachable=round(float(np.mean(np.isinf(ratio))), 4))
+    hit, holdout = np.array(r["hit"]), np.array(r["holdout"])
+    out["coverage80_by_holdout"] = {f"{lo}-{hi - 1}": round(float(hit[(holdout >= lo) & (holdout < hi)].mean()), 3)
+                                    for lo, hi in HOLDOUT_BANDS if np.any((holdout >= lo) & (holdout < hi))}
+    return out
+
+
+def print_report(results: dict, lines: list[str], log=print) -> None:
+    for line in lines:
+        log(line)
+    log("")
+    log("accuracy at the horizon against the measured hold-out accuracy there (points); labels needed "
+        "to reach the smoothed curve's value there")
+    head = (f"{'N0':>4} {'horizon':>7} {'model':<16} {'curves':>6} {'MAE':>6} {'bias':>6} "
+            f"{'cover80':>7} {'width80':>7} | {'targets':>7} {'within2x':>8} {'med|log2|':>9} "
+            f"{'false unreach.':>14}")
+    log(head)
+    log("-" * len(head))
+    for key, models in results.items():
+        n0, h = key[3:].split("_h")
+        for name, s in models.items():
+            if not s.get("n"):
+                log(f"{n0:>4} {h + 'x':>7} {name:<16} {0:>6}")
+                continue
+            labels = (f"{s['targets']:>7} {s['within2x']:>8.0%} {s['median_abs_log2']:>9.2f} "
+                      f"{s['false_unreachable']:>14.0%}" if s.get("targets") else f"{0:>7}")
+            log(f"{n0:>4} {h + 'x':>7} {name:<16} {s['n']:>6} {s['mae']:>6.2f} {s['bias']:>+6.2f} "
+                f"{s['coverage80']:>7.0%} {s['width80']:>7.2f} | {labels}")
+    log("")
+    log("forecaster's 80% coverage by hold-out size (images):")
+    for key, models in results.items():
+        by_size = models["forecaster"].get("coverage80_by_holdout", {})
+        log(f"  {key:<11} " + "  ".join(f"{band}: {value:.0%}" for band, value in by_size.items()))
+
+
+def run(source: str, as_json: bool = False, max_curves: int | None = 1600, n_boot: int = 100,
+        holdout_size: int | None = None, n_classes: int | None = None, log=print) -> dict:
+    """The `backtest-forecast` command. LCDB: the datasets fall in two halves; priors learned on
+    one half score the other, and the other way round (every curve scored by priors that never saw
+    its dataset). A folder of replays: scored with the shipped priors (learned on LCDB)."""
+    started = time.perf_counter()
+    lines = []
+    if source == "lcdb":
+        curves, note = lcdb_curves()
+        kept = subsample(curves, max_curves)
+        halves = split_datasets(kept)
+        lines.append(f"{note}: {len(curves)} curves of {len({c.dataset for c in curves})} datasets"
+                     + (f", {len(kept)} of them drawn at random (fixed seed) to keep this quick"
+                        if len(kept) < len(curves) else ""))
+        fits = [truncated_fits(half, n_boot=n_boot) for half in halves]
+        priors = [learn_priors(half) for half in fits]
+        scored = [(fits[1], priors[0]), (fits[0], priors[1])]
+        lines.append(f"two halves by dataset ({len({c.dataset for c in halves[0]})} and "
+                     f"{len({c.dataset for c in halves[1]})} datasets): priors learned on one half "
+                     f"score the other, both ways")
+    else:
+        kept, note = replay_curves(source, holdout_size, n_classes)
+        scored = [(truncated_fits(kept, n_boot=n_boot), DEFAULT_PRIORS)]
+        lines.append(f"{note}; shipped priors, learned on {DEFAULT_PRIORS.learned_on}")
+    results = backtest(scored)
+    lines.append(f"truth: the measured accuracy at the horizon; flat: the last accuracy, interval "
+                 f"+-{Z80:.2f} binomial sd; power_unbounded: a*n^b least squares, interval from its "
+                 "covariance")
+    lines.append(f"labels needed: target = the smoothed (isotonic) curve at the horizon, scored when "
+                 f"{TARGET_MARGIN * 100:g}+ points above its level at N0; 'not reachable' = the "
+                 f"forecast stays below it up to {FAR:,} labels")
+    lines.append(f"{time.perf_counter() - started:.0f} s")
+    if as_json:
+        for line in lines:
+            log(line)
+        log(json.dumps(results))
+    else:
+        print_report(results, lines, log)
+    return results
+
+
+def learn_shipped_priors(max_curves: int | None = None, n_boot: int = 100) -> Priors:
+    """Priors learned on every LCDB curve (what DEFAULT_PRIORS holds; the backtest itself only
+    ever scores a curve with priors learned on the other half of the datasets)."""
+    curves, _ = lcdb_curves()
+    return learn_priors(truncated_fits(subsample(curves, max_curves), n_boot=n_boot))
