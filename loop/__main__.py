@@ -6,6 +6,7 @@
     python -m loop label birds --annotator ana 17=robin 18=wren
     python -m loop retrain birds
     python -m loop replay --dataset demo --strategy margin --labeler perfect --budget 200 --out runs/a
+    python -m loop study --dataset demo --fractions 0.05,0.1,0.25,0.5 --repeats 5 --target 0.9
 """
 
 from __future__ import annotations
@@ -179,6 +180,24 @@ def cmd_benchmark_strategies(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    import json
+
+    from loop.study import open_study_project, parse_fractions, report, run_study, write_outputs
+
+    fractions = parse_fractions(args.fractions)   # a bad list fails before any work
+    project = open_study_project(args.dataset, args.data, on_progress=_progress("embedding"))
+    result = run_study(project, fractions, args.repeats, args.target, args.seed,
+                       repeats_full=args.repeats_full, pool=args.pool)
+    print(report(result))
+    if args.out:
+        csv_path, png_path = write_outputs(result, args.out)
+        print(f"wrote {csv_path} and {png_path}")
+    if args.json:
+        print(json.dumps(result.figures()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loop", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -256,6 +275,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run the default strategy with auto-accept at this precision")
     p.add_argument("--json", action="store_true", help="also merge the figures into bench/results/strategies.json")
     p.set_defaults(run=cmd_benchmark_strategies)
+
+    p = sub.add_parser("study", help="train on random subsets of the labels, forecast the full pool, "
+                       "then check the forecast there")
+    p.add_argument("--dataset", required=True, metavar="NAME_OR_PROJECT",
+                   help="a project in the data folder, or demo, fashion-mnist, mnist5k (NAME:K)")
+    p.add_argument("--fractions", default="0.05,0.1,0.25,0.5",
+                   help="shares of the labeled pool to subsample, or 'auto' for sizes from one "
+                   "label per class to half the pool")
+    p.add_argument("--repeats", type=int, default=5, help="random subsets per size")
+    p.add_argument("--repeats-full", type=int, default=3, help="heads trained on the full pool")
+    p.add_argument("--target", type=float, default=0.9, help="accuracy to forecast labels for")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pool", choices=("auto", "labels", "known"), default="auto",
+                   help="train on the labels people gave, or on folder classes (auto: folder "
+                   "classes when every pool image has one)")
+    p.add_argument("--data", default=argparse.SUPPRESS, help="data root (same as the global --data)")
+    p.add_argument("--out", help="write study.csv and study.png here")
+    p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    p.set_defaults(run=cmd_study)
     return parser
 
 
