@@ -21,11 +21,13 @@ import numpy as np
 from loop.forecast import (
     DEFAULT_PRIORS,
     FAR,
+    PRIORS_FILE,
     Z80,
     LearningCurveForecaster,
     Priors,
     _first_crossing,
     interval_calibration,
+    save_priors,
     stacking_weights,
 )
 
@@ -503,8 +505,13 @@ def run(source: str, as_json: bool = False, max_curves: int | None = 1600, n_boo
     return results
 
 
-def learn_shipped_priors(max_curves: int | None = None, n_boot: int = 100) -> Priors:
-    """Priors learned on every LCDB curve (what DEFAULT_PRIORS holds; the backtest itself only
-    ever scores a curve with priors learned on the other half of the datasets)."""
-    curves, _ = lcdb_curves()
-    return learn_priors(truncated_fits(subsample(curves, max_curves), n_boot=n_boot))
+def learn_shipped_priors(path: str | Path = PRIORS_FILE, max_curves: int | None = None,
+                         n_boot: int = 100, log=print) -> Priors:
+    """Learn priors on every LCDB curve and save them where DEFAULT_PRIORS is read from (the
+    backtest itself only ever scores a curve with priors learned on the other half of the
+    datasets, so this does not change its figures)."""
+    curves, note = lcdb_curves()
+    priors = learn_priors(truncated_fits(subsample(curves, max_curves), n_boot=n_boot))
+    save_priors(priors, path)
+    log(f"{note}; priors learned on {priors.learned_on}, written to {path}")
+    return priors

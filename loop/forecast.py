@@ -14,8 +14,11 @@ False
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -214,9 +217,36 @@ def interval_calibration(center: np.ndarray, spread: np.ndarray, truth: np.ndarr
     return best[1:]
 
 
-# Learned by `python -m loop backtest-forecast --source lcdb --learn` on the LCDB datasets of the
-# prior split only (loop.backtest.split_datasets); the backtest scores the other half.
-DEFAULT_PRIORS = Priors()
+PRIORS_FILE = Path(__file__).with_name("forecast_priors.json")
+
+
+def load_priors(path: str | Path = PRIORS_FILE) -> Priors:
+    """Priors saved by `save_priors`; uniform weights and a pure bootstrap interval without a file."""
+    path = Path(path)
+    if not path.exists():
+        return Priors()
+    try:
+        data = json.loads(path.read_text())
+        nested = lambda rows: tuple(tuple(float(v) for v in row) for row in rows)
+        return Priors(ratios=tuple(map(float, data["ratios"])), weights=nested(data["weights"]),
+                      spread_floor=tuple(map(float, data["spread_floor"])),
+                      quantiles=nested(data["quantiles"]), train_noise=float(data["train_noise"]),
+                      holdout_correlation=float(data["holdout_correlation"]),
+                      learned_on=str(data["learned_on"]), families=tuple(data["families"]),
+                      labels_shift=float(data["labels_shift"]))
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"'{path}' is not a priors file written by save_priors: {error}") from error
+
+
+def save_priors(priors: Priors, path: str | Path = PRIORS_FILE) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(dataclasses.asdict(priors), indent=1) + "\n")
+    return path
+
+
+# Learned by `python -m loop backtest-forecast --source lcdb --learn` on every LCDB curve. The
+# LCDB backtest never uses them: it learns priors on one half of the datasets to score the other.
+DEFAULT_PRIORS = load_priors()
 
 
 # -- the forecaster -------------------------------------------------------------------------------
