@@ -21,10 +21,10 @@ from loop import autoaccept
 from loop.benchmark import strategy_versus_control
 from loop.evaluation import risk_coverage
 from loop.export import to_csv, to_image_folder, to_json
-from loop.forecast import PowerLawForecast
 from loop.project import Paths, Project, create_project, open_or_create_dataset_project
-from loop.replay import curve_rows
+from loop.replay import curve_rows, forecast_curve
 from loop.session import LabelingSession
+from loop.study import report, run_study, study_figure
 from loop.settings import Settings
 from loop.store import Store, StoreError
 from loop.trainer import trainer_for
@@ -230,22 +230,18 @@ def live_curve(project: Project) -> None:
     evaluation = project.store.evaluations(project.id)[-1]
     target = st.slider("Target accuracy", 0.5, 0.99, 0.9, 0.01, key="target")
     points = tuple((r["labels"], r["accuracy"]) for r in rows)
-    forecast = fit_curve(points, len(project.class_names), evaluation["n_holdout"])
+    forecast = fit_curve(str(DATA_DIR), project.name, len(rows))
     st.pyplot(curve_figure(points, forecast, target), clear_figure=True)
     if forecast is None:
-        st.caption("The fitted curve appears from three retrains on.")
+        st.caption("The forecast appears once three retrains at different label counts are scored.")
     else:
-        needed, low, high = forecast.labels_needed(target)
-        now = last["labels"]
-        if needed is None:
-            st.markdown(f"**Provisional:** {target:.0%} is not reachable with this model: the fitted "
-                        f"ceiling is {forecast.ceiling_:.1%}.")
-        else:
-            more = lambda v: "more than can be estimated" if v is None else f"{max(0, v - now):,.0f}"  # noqa: E731
-            st.markdown(f"**Provisional:** about **{more(needed)}** more labels (80% interval "
-                        f"{more(low)} to {more(high)}) to reach {target:.0%}.")
-        st.caption("Provisional forecast: one bounded power law with a bootstrap interval, not yet "
-                   "backtested on real curves; the forecaster issue replaces it.")
+        st.markdown(forecast_sentence(forecast.labels_needed(target), last["labels"]))
+        st.caption(f"Forecast: bounded curve families weighed by how well they predicted later "
+                   f"points on real learning curves ({forecast.priors.learned_on}); 80% interval from "
+                   f"a bootstrap over retrains and hold-out images, calibrated on those curves "
+                   f"(`python -m loop backtest-forecast --source lcdb`). Labels are those of the "
+                   f"curve; hold-out accuracy on {evaluation['n_holdout']} images.")
+    study_panel(project, target)
     per_class = pd.DataFrame({"class": list(evaluation["per_class"]),
                               "accuracy": list(evaluation["per_class"].values())})
     per_class = per_class.sort_values("accuracy")
@@ -269,15 +265,46 @@ def strategy_vs_control(data_dir: str, name: str, version: int) -> dict | None:
     return strategy_versus_control(_project(data_dir, name))
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def fit_curve(points: tuple, n_classes: int, holdout_size: int):
-    if len(points) < 3:
-        return None
-    labels, accuracy = zip(*points)
+@st.cache_resource(show_spinner=False, max_entries=16)
+def fit_curve(data_dir: str, name: str, n_evaluations: int):
+    """Refitted once per retrain (keyed by the number of evaluations; about 10 ms)."""
     try:
-        return PowerLawForecast(n_classes, holdout_size).fit(labels, accuracy)
+        return forecast_curve(_project(data_dir, name))
     except ValueError:
         return None
+
+
+def forecast_sentence(needed, labels_now: int) -> str:
+    """'about N more labels (80% interval A-B) to reach T', or 'not reachable', said plainly."""
+    if not needed.reachable:
+        return (f"**{needed.target:.0%} is not reachable with this model**: the forecast levels off "
+                f"at {needed.ceiling:.1%} (more labels of the same kind will not get there; a better "
+                f"backbone or cleaner labels might).")
+    def more(value):
+        return "more than 1,000,000" if value is None else f"{max(0, value - labels_now):,.0f}"
+    if needed.labels <= labels_now:
+        return f"The forecast says **{needed.target:.0%}** is reached already, at about this many labels."
+    return (f"About **{more(needed.labels)}** more labels (80% interval {more(needed.low)} to "
+            f"{more(needed.high)}) to reach **{needed.target:.0%}** accuracy.")
+
+
+def study_panel(project: Project, target: float) -> None:
+    """The subsampling study on the current labels: train on random subsets, forecast the full
+    set, then train on it and compare, the way a lead checks a forecast before buying labels."""
+    with st.expander("Check the forecast: subsampling study on the current labels"):
+        st.caption("Trains the head on random subsets of the labels so far (5 repeats per size), fits "
+                   "the forecaster to those, predicts the accuracy with all labels, then trains on all "
+                   "of them and shows the measured value beside the prediction.")
+        if st.button("Run the study", key="run_study"):
+            try:
+                with st.spinner("Training heads on subsets..."):
+                    st.session_state["study"] = run_study(project, None, 5, target)
+            except (ValueError, KeyError) as error:   # too few labels, embeddings missing: said plainly
+                st.error(error.args[0] if isinstance(error, KeyError) else str(error))
+        result = st.session_state.get("study")
+        if result is not None and result.project == project.name:
+            st.pyplot(study_figure(result), clear_figure=True)
+            st.text(report(result))
 
 
 def curve_figure(points: tuple, forecast, target: float):
@@ -289,12 +316,16 @@ def curve_figure(points: tuple, forecast, target: float):
     fig, ax = plt.subplots(figsize=(9, 3.6))
     ax.plot(labels, accuracy, "o", label="hold-out accuracy after each retrain")
     if forecast is not None:
-        needed = forecast.labels_needed(target)[0]
-        end = max(labels.max() * 2, min(needed or 0, labels.max() * 10))
-        grid = np.linspace(labels.min(), end, 200)
+        needed = forecast.labels_needed(target)
+        end = max(labels.max() * 4, min(needed.labels or 0, labels.max() * 16))
+        grid = np.geomspace(max(1, labels.min()), end, 200)
         mean, low, high = forecast.predict(grid)
-        ax.plot(grid, mean, "-", label="provisional fit")
+        ax.plot(grid, mean, "-", label="forecast")
         ax.fill_between(grid, low, high, alpha=0.25, label="80% interval")
+        if needed.reachable and needed.labels > labels.max():
+            ax.axvline(needed.labels, color="C2", ls="--", lw=1,
+                       label=f"about {needed.labels:,.0f} labels for {target:.0%}")
+        ax.set_xscale("log")
     ax.axhline(target, color="grey", ls=":", label=f"target {target:.0%}")
     ax.set(xlabel="labeled training images", ylabel="accuracy", ylim=(0, 1))
     ax.grid(alpha=0.3)

@@ -7,6 +7,7 @@
     python -m loop retrain birds
     python -m loop replay --dataset demo --strategy margin --labeler perfect --budget 200 --out runs/a
     python -m loop study --dataset demo --fractions 0.05,0.1,0.25,0.5 --repeats 5 --target 0.9
+    python -m loop backtest-forecast --source lcdb --json     # or --source DIR of replays
 """
 
 from __future__ import annotations
@@ -198,6 +199,19 @@ def cmd_study(args) -> int:
     return 0
 
 
+def cmd_backtest_forecast(args) -> int:
+    from loop import backtest
+
+    if args.learn:
+        if args.source != "lcdb":
+            raise ValueError("--learn learns the shipped priors from LCDB: use it with --source lcdb")
+        backtest.learn_shipped_priors(max_curves=args.max_curves, n_boot=args.n_boot)
+        return 0
+    backtest.run(args.source, as_json=args.json, max_curves=args.max_curves, n_boot=args.n_boot,
+                 holdout_size=args.holdout_size, n_classes=args.classes)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loop", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -294,6 +308,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write study.csv and study.png here")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     p.set_defaults(run=cmd_study)
+
+    p = sub.add_parser("backtest-forecast",
+                       help="score the learning-curve forecaster on real curves beside two baselines")
+    p.add_argument("--source", required=True,
+                   help="'lcdb' (the Learning Curve Database, PyPI lcdb) or a folder of replays' curve.csv")
+    p.add_argument("--max-curves", type=int, default=None,
+                   help="score at most this many LCDB curves, drawn with a fixed seed (default: all)")
+    p.add_argument("--n-boot", type=int, default=100, help="bootstrap replicates per fit (default 100)")
+    p.add_argument("--holdout-size", type=int,
+                   help="hold-out images of curve.csv files that have no replay database beside them")
+    p.add_argument("--classes", type=int, help="class count of such curve.csv files")
+    p.add_argument("--learn", action="store_true",
+                   help="learn the shipped priors on every LCDB curve (loop/forecast_priors.json)")
+    p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    p.set_defaults(run=cmd_backtest_forecast)
     return parser
 
 
