@@ -23,6 +23,7 @@ from loop.forecast import (
     FAR,
     PRIORS_FILE,
     Z80,
+    LabelsNeeded,
     LearningCurveForecaster,
     Priors,
     _first_crossing,
@@ -391,7 +392,7 @@ def _score(t: Truncated, priors: Priors, horizons, records: dict) -> None:
     curve = t.curve
     smooth = smoothed(curve)
     f = t.forecaster.recalibrated(priors)
-    models = {"forecaster": (f.predict, lambda target: f.labels_needed(target).labels),
+    models = {"forecaster": (f.predict, f.labels_needed),
               "flat": flat_baseline(t.labels, t.accuracy, curve.holdout_size),
               "power_unbounded": power_baseline(t.labels, t.accuracy)}
     now = _at(curve, t.n0)
@@ -412,6 +413,11 @@ def _score(t: Truncated, priors: Priors, horizons, records: dict) -> None:
             r["holdout"].append(curve.holdout_size)
             if reached is not None:
                 guess = needed(target)
+                if isinstance(guess, LabelsNeeded):     # the forecaster's answer has an interval
+                    low = guess.low if guess.low is not None else np.inf
+                    high = guess.high if guess.high is not None else np.inf
+                    r.setdefault("labels_hit", []).append(low <= reached <= high)
+                    guess = guess.labels
                 r["ratio"].append(np.inf if guess is None else np.log2(guess / reached))
 
 
@@ -430,6 +436,8 @@ def summarize(r: dict) -> dict:
         out.update(within2x=round(float(np.mean(np.abs(ratio) <= 1)), 4),
                    median_abs_log2=round(float(np.median(np.abs(ratio))), 3),
                    false_unreachable=round(float(np.mean(np.isinf(ratio))), 4))
+    if r.get("labels_hit"):
+        out["labels_coverage80"] = round(float(np.mean(r["labels_hit"])), 4)
     hit, holdout = np.array(r["hit"]), np.array(r["holdout"])
     out["coverage80_by_holdout"] = {f"{lo}-{hi - 1}": round(float(hit[(holdout >= lo) & (holdout < hi)].mean()), 3)
                                     for lo, hi in HOLDOUT_BANDS if np.any((holdout >= lo) & (holdout < hi))}
@@ -462,6 +470,11 @@ def print_report(results: dict, lines: list[str], log=print) -> None:
     for key, models in results.items():
         by_size = models["forecaster"].get("coverage80_by_holdout", {})
         log(f"  {key:<11} " + "  ".join(f"{band}: {value:.0%}" for band, value in by_size.items()))
+    log("")
+    log("forecaster's labels needed: share of truths inside its 80% interval")
+    log("  " + "  ".join(f"{key}: {models['forecaster']['labels_coverage80']:.0%}"
+                         for key, models in results.items()
+                         if "labels_coverage80" in models["forecaster"]))
 
 
 def run(source: str, as_json: bool = False, max_curves: int | None = 1600, n_boot: int = 100,

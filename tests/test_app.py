@@ -89,3 +89,30 @@ def test_rules_page_previews_and_turns_on_auto_accept(app, tmp_path):
     button(at, "Turn on").click().run()
     from loop.project import Project
     assert Project.open("demo", tmp_path).settings.auto_accept_precision == 0.95
+
+
+def test_curve_page_forecasts_and_runs_the_study(tmp_path, monkeypatch, demo_project, shared_cache):
+    """After a few retrains the curve page states the forecast in plain words, and its study
+    expander trains on subsets of the current labels and sets predicted beside measured."""
+    from loop.replay import replay
+
+    demo_project  # noqa: B018 - the demo images are written out and embedded once
+    replay("demo", tmp_path / "run", strategy="random", batch=20, budget=80,
+           data_dir=SHARED_DATA, log=lambda *_: None)
+    monkeypatch.setenv("JUICER_DATA", str(tmp_path / "run" / "replay"))
+    monkeypatch.setenv("JUICER_CACHE", str(shared_cache))
+    sys.modules.pop("app", None)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    at = AppTest.from_string(f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+                             "import streamlit as st\nimport app\n"
+                             "st.session_state['project'] = 'replay'\napp.curve_page()",
+                             default_timeout=300).run()
+    assert not at.exception
+    text = " ".join(m.value for m in at.markdown)
+    assert "more labels (80% interval" in text or "not reachable" in text or "reached already" in text
+    assert any("bounded curve families" in c.value for c in at.caption)
+    at = button(at, "Run the study").click().run()
+    assert not at.exception
+    report = " ".join(t.value for t in at.text)
+    assert "forecast at the full pool" in report and "measured at the full pool" in report
