@@ -500,7 +500,7 @@ def _training_noise(residual, n, acc, sizes, runs, rng, n_boot) -> np.ndarray:
     return out
 
 
-# -- the provisional single-family forecast (kept for the app until it switches) ------------------
+# -- the provisional single-family forecast the app used first (now bench/forecast.py's baseline) --
 
 def _curve_fit(*args, **kwargs):
     from scipy.optimize import curve_fit
@@ -513,9 +513,9 @@ def _power_law(n, c, a, b):
 
 
 class PowerLawForecast:
-    """The provisional forecast the app's curve page still uses until it moves to
-    LearningCurveForecaster: one bounded inverse power law, points treated as independent, a
-    parametric-bootstrap interval, not backtested.
+    """The provisional forecast the app's curve page used before LearningCurveForecaster: one
+    bounded inverse power law, points treated as independent, a parametric-bootstrap interval,
+    not backtested. Kept as the speed baseline of bench/forecast.py.
 
     >>> n = np.array([10, 20, 40, 80, 160]); acc = 0.9 - 0.8 * n ** -0.5
     >>> f = PowerLawForecast(n_classes=10, holdout_size=100000).fit(n, acc)
