@@ -236,7 +236,8 @@ def power_baseline(labels, accuracy):
             return float(n.max())
         if b <= 0 or a <= 0:
             return None
-        value = (target / a) ** (1 / b)
+        with np.errstate(over="ignore"):
+            value = (target / a) ** (1 / b)
         return float(value) if value <= FAR else None
 
     return predict, needed
@@ -298,6 +299,9 @@ def learn_priors(fits: list[Truncated], source: str = "LCDB") -> Priors:
     weights = []
     for k in range(len(ratios)):
         known = ~np.isnan(truths[:, k])
+        if known.sum() < 10:
+            raise ValueError(f"learning priors needs curves measured at {ratios[k]:g}x their largest "
+                             f"fitted count; only {known.sum()} of {len(fits)} truncated curves are")
         gains = values[known, :, k + 1] - level[known, None]
         weights.append(tuple(round(float(w), 4)
                              for w in stacking_weights(gains, truths[known, k] - level[known])))

@@ -461,7 +461,11 @@ def _check_points(labels, accuracy, holdout_size, n_classes, correct):
         raise ValueError(f"accuracies must be shares in [0, 1], got {acc[~((acc >= 0) & (acc <= 1))][:5]}")
     if int(n_classes) < 2:
         raise ValueError(f"n_classes must be at least 2, got {n_classes}")
-    holdout = np.broadcast_to(np.asarray(holdout_size, dtype=float), n.shape).copy()
+    holdout = np.asarray(holdout_size, dtype=float)
+    if holdout.ndim > 1 or (holdout.ndim == 1 and len(holdout) != len(n)):
+        raise ValueError(f"holdout_size must be one number or one per point ({len(n)}), got "
+                         f"{holdout.size} values")
+    holdout = np.broadcast_to(holdout, n.shape).copy()
     if np.any(~np.isfinite(holdout) | (holdout < 1)):
         raise ValueError(f"holdout_size must be at least 1 image, got {holdout_size}")
     if correct is not None:

@@ -276,8 +276,6 @@ def test_learn_labels_shift(fits):
     assert learn_labels_shift(truncated_fits(flat, n_boot=5), DEFAULT_PRIORS) == 0.0
 
 
-@pytest.mark.xfail(strict=True, reason="curves no longer than 8x their largest N0 leave the 16x ratio "
-                                       "without truths; the error blames the spread instead")
 def test_learn_priors_names_a_ratio_without_truths():
     short = truncated_fits(synthetic_curves(datasets=30, learners=1, labels=LABELS[:11]), n_boot=5)
     with pytest.raises(ValueError, match="16"):

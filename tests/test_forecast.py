@@ -142,8 +142,6 @@ def test_holdout_size_may_be_given_per_point():
     assert low < mean < high
 
 
-@pytest.mark.xfail(strict=True, reason="a holdout_size list of the wrong length gives numpy's "
-                                       "broadcast message, which does not name holdout_size")
 def test_holdout_sizes_of_the_wrong_length_are_named():
     with pytest.raises(ValueError, match="holdout_size"):
         forecaster(holdout_size=[500] * 8).fit(SIZES, power_law(0.92, 0.9, 0.5)(SIZES))
