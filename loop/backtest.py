@@ -263,9 +263,12 @@ def _at(curve: Curve, n: float) -> int | None:
     return i if distance[i] <= 0.25 else None
 
 
-def truncated_fits(curves: list[Curve], n0s=N0S, priors: Priors = DEFAULT_PRIORS,
+def truncated_fits(curves: list[Curve], n0s=N0S, priors: Priors | None = None,
                    n_boot: int = 100) -> list[Truncated]:
-    """Fit the forecaster on each curve's points up to each N0 (where there are 3 or more)."""
+    """Fit the forecaster on each curve's points up to each N0 (where there are 3 or more), with
+    the fit settings of `priors` (default: the code's, not the shipped file's, so that the LCDB
+    backtest and learned priors never depend on priors learned earlier)."""
+    priors = Priors() if priors is None else priors
     out = []
     for curve in curves:
         for n0 in n0s:
@@ -503,7 +506,7 @@ def run(source: str, as_json: bool = False, max_curves: int | None = 1600, n_boo
                      f"score the other, both ways")
     else:
         kept, note = replay_curves(source, holdout_size, n_classes)
-        scored = [(truncated_fits(kept, n_boot=n_boot), DEFAULT_PRIORS)]
+        scored = [(truncated_fits(kept, priors=DEFAULT_PRIORS, n_boot=n_boot), DEFAULT_PRIORS)]
         lines.append(f"{note}; shipped priors, learned on {DEFAULT_PRIORS.learned_on}")
     results = backtest(scored)
     lines.append(f"truth: the measured accuracy at the horizon; flat: the last accuracy, interval "
@@ -513,12 +516,9 @@ def run(source: str, as_json: bool = False, max_curves: int | None = 1600, n_boo
                  f"{TARGET_MARGIN * 100:g}+ points above its level at N0; 'not reachable' = the "
                  f"forecast stays below it up to {FAR:,} labels")
     lines.append(f"{time.perf_counter() - started:.0f} s")
+    print_report(results, lines, log)
     if as_json:
-        for line in lines:
-            log(line)
         log(json.dumps(results))
-    else:
-        print_report(results, lines, log)
     return results
 
 
