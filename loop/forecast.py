@@ -8,7 +8,7 @@ interval from a bootstrap over points and hold-out images, calibrated on held-ap
 >>> bool(low < 0.95 - 0.6 * 512 ** -0.5 < high), bool(abs(mean - (0.95 - 0.6 * 512 ** -0.5)) < 0.01)
 (True, True)
 >>> print(f.labels_needed(0.93))
-about 456 labels to reach 93.0% (80% interval 160 to 1,426)
+about 456 labels to reach 93.0% (80% interval 156 to 1,468)
 """
 
 from __future__ import annotations
