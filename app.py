@@ -235,7 +235,10 @@ def live_curve(project: Project) -> None:
     if forecast is None:
         st.caption("The forecast appears once three retrains at different label counts are scored.")
     else:
-        st.markdown(forecast_sentence(forecast.labels_needed(target), last["labels"]))
+        needed = forecast.labels_needed(target)
+        st.markdown(f"**Forecast:** {needed.more_than(last['labels'])}." + (
+            "" if needed.reachable else " More labels of the same kind will not get there; a "
+            "better backbone or cleaner labels might."))
         st.caption(f"Forecast: bounded curve families weighed by how well they predicted later "
                    f"points on real learning curves ({forecast.priors.learned_on}); 80% interval from "
                    f"a bootstrap over retrains and hold-out images, calibrated on those curves "
@@ -272,20 +275,6 @@ def fit_curve(data_dir: str, name: str, n_evaluations: int):
         return forecast_curve(_project(data_dir, name))
     except ValueError:
         return None
-
-
-def forecast_sentence(needed, labels_now: int) -> str:
-    """'about N more labels (80% interval A-B) to reach T', or 'not reachable', said plainly."""
-    if not needed.reachable:
-        return (f"**{needed.target:.0%} is not reachable with this model**: the forecast levels off "
-                f"at {needed.ceiling:.1%} (more labels of the same kind will not get there; a better "
-                f"backbone or cleaner labels might).")
-    def more(value):
-        return "more than 1,000,000" if value is None else f"{max(0, value - labels_now):,.0f}"
-    if needed.labels <= labels_now:
-        return f"The forecast says **{needed.target:.0%}** is reached already, at about this many labels."
-    return (f"About **{more(needed.labels)}** more labels (80% interval {more(needed.low)} to "
-            f"{more(needed.high)}) to reach **{needed.target:.0%}** accuracy.")
 
 
 def study_panel(project: Project, target: float) -> None:

@@ -137,11 +137,23 @@ def _print_rules(rules: list[dict]) -> None:
 
 
 def cmd_curve(args) -> int:
-    from loop.replay import curve_rows, write_curve
+    from loop.replay import curve_rows, forecast_curve, write_curve
 
+    if not 0 < args.target <= 1:
+        raise ValueError(f"--target is an accuracy share in (0, 1], e.g. 0.9; got {args.target}")
     project = _open(args)
-    csv_path, png_path = write_curve(curve_rows(project), Path(args.out), project.name)
+    rows = curve_rows(project)
+    csv_path, png_path = write_curve(rows, Path(args.out), project.name)
     print(f"wrote {csv_path} and {png_path}")
+    forecast = forecast_curve(project, rows)
+    if forecast is None:
+        print("forecast: needs hold-out scores at 3 or more labeled counts")
+    else:
+        mean, low, high = forecast.predict(2 * rows[-1]["labels"])
+        print(f"hold-out accuracy {rows[-1]['accuracy']:.1%} with {rows[-1]['labels']} labels; "
+              f"forecast at {2 * rows[-1]['labels']} labels: {mean:.1%} (80% interval {low:.1%} "
+              f"to {high:.1%})")
+        print(f"forecast: {forecast.labels_needed(args.target).more_than(rows[-1]['labels'])}")
     return 0
 
 
@@ -256,9 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="IMAGE_ID= with no class retracts that image's label")
     p.set_defaults(run=cmd_label)
 
-    p = sub.add_parser("curve", help="write the project's learning curve (CSV and PNG)")
+    p = sub.add_parser("curve", help="write the project's learning curve (CSV and PNG) and forecast it")
     p.add_argument("name")
     p.add_argument("--out", required=True)
+    p.add_argument("--target", type=float, default=0.9,
+                   help="accuracy to forecast the labels needed for, a share (default 0.9)")
     p.set_defaults(run=cmd_curve)
 
     p = sub.add_parser("replay", help="run the loop with a simulated labeler over a labeled dataset")

@@ -110,6 +110,7 @@ def test_curve_page_forecasts_and_runs_the_study(tmp_path, monkeypatch, demo_pro
                              default_timeout=300).run()
     assert not at.exception
     text = " ".join(m.value for m in at.markdown)
+    assert "Forecast:" in text
     assert "more labels (80% interval" in text or "not reachable" in text or "reached already" in text
     assert any("bounded curve families" in c.value for c in at.caption)
     at = button(at, "Run the study").click().run()

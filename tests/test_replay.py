@@ -95,3 +95,20 @@ def test_control_slice_shows_strategy_against_random(tmp_path, demo_project):
     comparison = strategy_versus_control(project, min_control=3)
     assert comparison["labels"] == origins.count("control")
     assert 0.1 < comparison["control_accuracy"] < 1 and 0.1 < comparison["strategy_accuracy"] < 1
+
+
+def test_command_line_curve_prints_the_forecast(tmp_path, demo_project, shared_cache, capsys,
+                                               monkeypatch):
+    """`python -m loop curve` on a replayed project: the files, then the forecast in words."""
+    monkeypatch.setenv("JUICER_CACHE", str(shared_cache))
+    assert main(["--data", str(SHARED_DATA), "replay", "--dataset", "demo", "--strategy", "random",
+                 "--budget", "40", "--batch", "10", "--out", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    root = str(tmp_path / "r" / "replay")
+    assert main(["--data", root, "curve", "replay", "--out", str(tmp_path / "c"), "--target", "0.99"]) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "c" / "curve.png").exists()
+    assert "forecast at 100 labels:" in out and "80% interval" in out
+    assert "to reach 99%" in out or "not reachable" in out
+    assert main(["--data", root, "curve", "replay", "--out", str(tmp_path / "c"), "--target", "95"]) == 2
+    assert "--target is an accuracy share" in capsys.readouterr().err
