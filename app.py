@@ -311,8 +311,11 @@ def curve_figure(points: tuple, forecast, target: float):
         mean, low, high = forecast.predict(grid)
         ax.plot(grid, mean, "-", label="forecast")
         ax.fill_between(grid, low, high, alpha=0.25, label="80% interval")
+        if forecast.priors.labels_shift > 0:
+            ax.plot(grid, forecast.labels_curve(grid), "--", color="C2", lw=1,
+                    label="curve labels needed are read from")
         if needed.reachable and needed.labels > labels.max():
-            ax.axvline(needed.labels, color="C2", ls="--", lw=1,
+            ax.axvline(needed.labels, color="C2", ls=":", lw=1,
                        label=f"about {needed.labels:,.0f} labels for {target:.0%}")
         ax.set_xscale("log")
     ax.axhline(target, color="grey", ls=":", label=f"target {target:.0%}")

@@ -439,6 +439,14 @@ class LearningCurveForecaster:
         out = tuple(np.interp(x, grid, values) for values in (self.center_, self.low_, self.high_))
         return tuple(float(v) for v in out) if np.ndim(n) == 0 else out
 
+    def labels_curve(self, n):
+        """The curve labels_needed reads (the forecast moved `priors.labels_shift` of the way to
+        the error power law), at labeled count(s) `n`: draw it beside predict() so a chart's
+        crossing agrees with the number said."""
+        x = np.log(np.clip(np.asarray(n, dtype=float), 1, FAR))
+        out = np.interp(x, np.log(self.grid_), self.labels_center_)
+        return float(out) if np.ndim(n) == 0 else out
+
     def labels_needed(self, target: float) -> LabelsNeeded:
         """Labels at which the forecast first reaches `target` (a share, e.g. 0.9), with its 80%
         interval read off the band; not reachable when the forecast stays below it by FAR labels.

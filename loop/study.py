@@ -349,8 +349,12 @@ def study_figure(result: StudyResult):
     ax.errorbar(full["n"], full["mean"], yerr=full["sd"].fillna(0), fmt="*", ms=12, color="C3",
                 capsize=4, label=f"measured, full pool ({verdict} the interval)")
     ax.axhline(result.target, ls="--", color="0.3", lw=1, label=f"target {result.target:.0%}")
+    if result.forecaster.priors.labels_shift > 0:
+        ax.plot(grid, result.forecaster.labels_curve(grid), "--", color="C2", lw=1,
+                label="curve labels needed are read from")
     if needed is not None and needed <= right:
-        ax.axvline(needed, ls=":", color="0.3", lw=1)
+        ax.axvline(needed, ls=":", color="C2", lw=1,
+                   label=f"about {needed:,.0f} labels for {result.target:.0%}")
     ax.set(xscale="log", xlabel="labeled training images", ylabel="hold-out accuracy",
            ylim=(max(0.0, min(runs["accuracy"].min(), low.min()) - 0.05), 1.0),
            title=f"{result.project}: subsampling study ({result.holdout_size} hold-out images)")
