@@ -306,7 +306,7 @@ def curve_figure(points: tuple, forecast, target: float):
     ax.plot(labels, accuracy, "o", label="hold-out accuracy after each retrain")
     if forecast is not None:
         needed = forecast.labels_needed(target)
-        end = max(labels.max() * 4, min(needed.labels or 0, labels.max() * 16))
+        end = max(labels.max() * 4, min(1.2 * (needed.labels or 0), labels.max() * 64))
         grid = np.geomspace(max(1, labels.min()), end, 200)
         mean, low, high = forecast.predict(grid)
         ax.plot(grid, mean, "-", label="forecast")
