@@ -285,13 +285,12 @@ class LabelsNeeded:
         >>> print(LabelsNeeded(0.9, 1500.0, 900.0, None, 0.97).more_than(1000))
         about 500 more labels (80% interval 0 to more than 1,000,000) to reach 90%
         >>> print(LabelsNeeded(0.9, 800.0, 500.0, 1200.0, 0.97).more_than(1000))
-        90% is reached already by the forecast (at about 800 labels)
+        90% is reached already by the forecast
         """
         if not self.reachable:
             return str(self)
         if self.labels <= labels_now:
-            return (f"{self.target:.0%} is reached already by the forecast (at about "
-                    f"{self.labels:,.0f} labels)")
+            return f"{self.target:.0%} is reached already by the forecast"
         more = lambda v: f"more than {FAR:,}" if v is None else f"{max(0.0, v - labels_now):,.0f}"
         return (f"about {more(self.labels)} more labels (80% interval {more(self.low)} to "
                 f"{more(self.high)}) to reach {self.target:.0%}")
