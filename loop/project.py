@@ -8,6 +8,7 @@ per class, or with `class_names=[...]` for a flat folder of unlabeled images.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -224,23 +225,25 @@ class Project:
             return None, None
         return SoftmaxHead.load(version["weights_path"]), version
 
+    def new_head(self, seed: int | None = None):
+        """An untrained head with this project's head settings (HeadSettings names SoftmaxHead's
+        hyper-parameters one for one) and its seed, or `seed`."""
+        from models.heads import SoftmaxHead
+
+        return SoftmaxHead(len(self.class_names), seed=self.settings.seed if seed is None else seed,
+                           **dataclasses.asdict(self.settings.head))
+
     def retrain(self, previous=None) -> dict | None:
         """Train a new head version on every current training label (warm-started from
         `previous` or the latest version), store it, score it on the hold-out set, store that.
         Returns the new model version row, or None while fewer than 2 classes have labels."""
-        from models.heads import SoftmaxHead
-
         last_event = self.store.last_event_id(self.id)
         ids, X, y = self.labeled("pool", up_to_event=last_event)
         if len(np.unique(y)) < 2:
             return None
         if previous is None:
             previous, _ = self.current_head()
-        h = self.settings.head
-        head = SoftmaxHead(len(self.class_names), hidden_units=h.hidden_units, dropout=h.dropout,
-                           learning_rate=h.learning_rate, weight_decay=h.weight_decay,
-                           batch_size=h.batch_size, cold_steps=h.cold_steps,
-                           warm_steps=h.warm_steps, seed=self.settings.seed)
+        head = self.new_head()
         started = time.perf_counter()
         head.fit(X, y, warm_start=previous)
         train_seconds = time.perf_counter() - started

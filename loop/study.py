@@ -13,7 +13,6 @@ From Python (the app's curve page does this on the project's current labels):
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -155,14 +154,6 @@ def labeled_pool(project: Project, source: str = "labels"
     raise ValueError(f"pool source '{source}' is not one of {', '.join(POOL_SOURCES)}")
 
 
-def new_head(project: Project, seed: int):
-    """An untrained head with the project's head settings (HeadSettings names SoftmaxHead's
-    hyper-parameters one for one)."""
-    from models.heads import SoftmaxHead
-
-    return SoftmaxHead(len(project.class_names), seed=seed, **dataclasses.asdict(project.settings.head))
-
-
 # -- the study ------------------------------------------------------------------------------------
 
 @dataclass
@@ -260,7 +251,7 @@ def run_study(project: Project, fractions: Sequence[float] | None = DEFAULT_FRAC
         # their images, so there the seed (batch order, initial weights) is what varies.
         head_seed = project.settings.seed + (repeat if kind == "full" else 0)
         tick = time.perf_counter()
-        head = new_head(project, head_seed).fit(X[picked], y[picked])
+        head = project.new_head(head_seed).fit(X[picked], y[picked])
         right = head.predict(X_holdout) == y_holdout
         rows.append({"kind": kind, "size": size, "fraction": size / len(y), "repeat": repeat,
                      "seed": head_seed, "accuracy": float(right.mean()),
