@@ -24,9 +24,9 @@ from loop.export import to_csv, to_image_folder, to_json
 from loop.project import Paths, Project, create_project, open_or_create_dataset_project
 from loop.replay import curve_rows, forecast_curve
 from loop.session import LabelingSession
-from loop.study import report, run_study, study_figure
 from loop.settings import Settings
 from loop.store import Store, StoreError
+from loop.study import report, run_study, study_figure
 from loop.trainer import trainer_for
 from models.backbones import BACKBONES
 from models.images import IMAGE_SUFFIXES

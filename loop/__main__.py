@@ -145,7 +145,7 @@ def cmd_curve(args) -> int:
     rows = curve_rows(project)
     csv_path, png_path = write_curve(rows, Path(args.out), project.name)
     print(f"wrote {csv_path} and {png_path}")
-    forecast = forecast_curve(project, rows)
+    forecast = forecast_curve(project)
     if forecast is None:
         print("forecast: needs hold-out scores at 3 or more labeled counts")
     else:

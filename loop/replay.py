@@ -73,20 +73,19 @@ def curve_rows(project: Project) -> list[dict]:
     return rows
 
 
-def forecast_curve(project: Project, rows: list[dict] | None = None, n_boot: int = 100):
+def forecast_curve(project: Project, n_boot: int = 100):
     """The learning-curve forecaster (loop.forecast) fitted to the project's hold-out scores, its
     per-image results resampled jointly across retrains; None before 3 distinct labeled counts."""
     from loop.backtest import holdout_correctness
     from loop.forecast import LearningCurveForecaster
 
-    rows = curve_rows(project) if rows is None else rows
-    if len({r["labels"] for r in rows}) < 3:
-        return None
     evaluations = project.store.evaluations(project.id)
+    if len({e["n_labels"] for e in evaluations}) < 3:
+        return None
     holdout = [e["n_holdout"] for e in evaluations]
     correct = holdout_correctness(project.store, project.id, evaluations)
     return LearningCurveForecaster(len(project.class_names), holdout, n_boot=n_boot).fit(
-        [r["labels"] for r in rows], [r["accuracy"] for r in rows], correct)
+        [e["n_labels"] for e in evaluations], [e["accuracy"] for e in evaluations], correct)
 
 
 def write_curve(rows: list[dict], out: Path, title: str) -> tuple[Path, Path]:
