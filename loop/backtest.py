@@ -379,21 +379,28 @@ def learn_labels_shift(fits: list[Truncated], priors: Priors, horizons=HORIZONS,
     return best[0], float(best[1])
 
 
-def labels_targets(t: Truncated, horizons=HORIZONS) -> list[tuple[float, float]]:
-    """(target, labels at which the smoothed curve first reached it) for each horizon: the target
-    is the smoothed (isotonic, binomially weighted) curve's value at horizon x N0, scored only where
-    it lies TARGET_MARGIN or more above the smoothed value at N0."""
+def horizon_points(t: Truncated, horizons=HORIZONS):
+    """For each horizon the curve has a later point at: (horizon, index of that point, target,
+    labels at which the smoothed curve first reached the target, or None where it is not scored).
+    The target is the smoothed (isotonic, binomially weighted) curve's value at horizon x N0,
+    scored only where it lies TARGET_MARGIN or more above the smoothed value at N0."""
     curve = t.curve
     smooth = smoothed(curve)
     now = _at(curve, t.n0)
-    out = []
     for h in horizons:
         i = _at(curve, h * t.n0)
         if i is None or curve.labels[i] <= t.labels.max():
             continue
-        if smooth[i] >= smooth[now] + TARGET_MARGIN:
-            out.append((float(smooth[i]), first_reached(curve.labels, smooth, smooth[i])))
-    return out
+        target = float(smooth[i])
+        reached = (first_reached(curve.labels, smooth, target)
+                   if target >= smooth[now] + TARGET_MARGIN else None)
+        yield h, i, target, reached
+
+
+def labels_targets(t: Truncated, horizons=HORIZONS) -> list[tuple[float, float]]:
+    """(target, labels at which the smoothed curve first reached it) for the scored horizons."""
+    return [(target, reached) for _, _, target, reached in horizon_points(t, horizons)
+            if reached is not None]
 
 
 def smoothed(curve: Curve) -> np.ndarray:
@@ -416,19 +423,12 @@ def backtest(scored: list[tuple[list[Truncated], Priors]], horizons=HORIZONS) ->
 
 def _score(t: Truncated, priors: Priors, horizons, records: dict) -> None:
     curve = t.curve
-    smooth = smoothed(curve)
     f = t.forecaster.recalibrated(priors)
     models = {"forecaster": (f.predict, f.labels_needed),
               "flat": flat_baseline(t.labels, t.accuracy, curve.holdout_size),
               "power_unbounded": power_baseline(t.labels, t.accuracy)}
-    now = _at(curve, t.n0)
-    for h in horizons:
-        i = _at(curve, h * t.n0)
-        if i is None or curve.labels[i] <= t.labels.max():
-            continue
-        truth, target = curve.accuracy[i], smooth[i]
-        reached = (first_reached(curve.labels, smooth, target)
-                   if target >= smooth[now] + TARGET_MARGIN else None)
+    for h, i, target, reached in horizon_points(t, horizons):
+        truth = curve.accuracy[i]
         for name, (predict, needed) in models.items():
             mean, low, high = (float(np.ravel(v)[0]) for v in predict([curve.labels[i]]))
             r = records.setdefault((t.n0, h), {m: {"error": [], "hit": [], "width": [], "ratio": [],

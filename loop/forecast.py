@@ -476,20 +476,20 @@ class LearningCurveForecaster:
 
     # -- the estimator's answers ------------------------------------------------------------------
 
+    def _at(self, n, values: np.ndarray):
+        """`values` tabulated on the grid, interpolated in log n at labeled count(s) `n`."""
+        out = np.interp(np.log(np.clip(np.asarray(n, dtype=float), 1, FAR)), np.log(self.grid_), values)
+        return float(out) if np.ndim(n) == 0 else out
+
     def predict(self, n):
         """(expected accuracy, 10th percentile, 90th percentile) at labeled count(s) `n`."""
-        x = np.log(np.clip(np.asarray(n, dtype=float), 1, FAR))
-        grid = np.log(self.grid_)
-        out = tuple(np.interp(x, grid, values) for values in (self.center_, self.low_, self.high_))
-        return tuple(float(v) for v in out) if np.ndim(n) == 0 else out
+        return tuple(self._at(n, values) for values in (self.center_, self.low_, self.high_))
 
     def labels_curve(self, n):
         """The curve labels_needed reads (the forecast moved `priors.labels_shift` of the way to
         the error power law), at labeled count(s) `n`: draw it beside predict() so a chart's
         crossing agrees with the number said."""
-        x = np.log(np.clip(np.asarray(n, dtype=float), 1, FAR))
-        out = np.interp(x, np.log(self.grid_), self.labels_center_)
-        return float(out) if np.ndim(n) == 0 else out
+        return self._at(n, self.labels_center_)
 
     def labels_needed(self, target: float) -> LabelsNeeded:
         """Labels at which the forecast first reaches `target` (a share, e.g. 0.9), with its 80%
