@@ -418,3 +418,17 @@ def test_lcdb_backtest_at_its_defaults_every_n0_and_horizon():
         assert forecaster["mae"] < flat["mae"] and forecaster["mae"] < power["mae"], key
         assert 0.7 <= forecaster["coverage80"] <= 0.88, key
         assert forecaster["false_unreachable"] < 0.25 < flat["false_unreachable"], key
+
+
+def test_command_line_bad_inputs_say_what_is_wrong(tmp_path, capsys, monkeypatch):
+    from loop.__main__ import main
+
+    assert main(["backtest-forecast", "--source", str(tmp_path / "missing")]) == 2
+    assert "is not a folder; give --source lcdb or a folder of replays" in capsys.readouterr().err
+    assert main(["backtest-forecast", "--source", str(tmp_path)]) == 2
+    assert "no curve.csv under" in capsys.readouterr().err
+    assert main(["backtest-forecast", "--source", str(tmp_path), "--learn"]) == 2
+    assert "use it with --source lcdb" in capsys.readouterr().err
+    monkeypatch.setattr("loop.backtest.importlib.util.find_spec", lambda name: None)
+    assert main(["backtest-forecast", "--source", "lcdb"]) == 2
+    assert "needs the PyPI package 'lcdb'" in capsys.readouterr().err
