@@ -68,6 +68,8 @@ SCHEMA = {
                 "plan": str, "created_at": float},
                {"pk": ("project_id", "image_id"),
                 "foreign_keys": [("project_id", "projects", "id"), ("image_id", "images", "id")]}),
+    # Folders the browser may import from (a lead adds them from the command line).
+    "import_roots": ({"path": str, "added_at": float}, {"pk": "path"}),
 }
 INDEXES = [
     ("classes", ["project_id", "name"], True),
@@ -163,6 +165,21 @@ class Store:
                 return row["id"]
         known = ", ".join(c["name"] for c in self.classes(project_id))
         raise StoreError(f"class '{name}' does not exist in this project (classes: {known})")
+
+    # -- import roots: the folders a browser may import from ------------------------------------
+
+    def import_roots(self) -> list[str]:
+        return [r["path"] for r in self.db["import_roots"].rows_where(order_by="path")]
+
+    def add_import_root(self, path: str) -> None:
+        with self.transaction():
+            self.db["import_roots"].insert({"path": str(path), "added_at": time.time()}, replace=True)
+
+    def remove_import_root(self, path: str) -> bool:
+        with self.transaction():
+            found = self.db["import_roots"].count_where("path = ?", [str(path)])
+            self.db.execute("DELETE FROM import_roots WHERE path = ?", [str(path)])
+        return bool(found)
 
     # -- images ---------------------------------------------------------------------------------
 
