@@ -33,6 +33,10 @@ class Settings:
     batch_size: int = 10              # labels per batch (one retrain each)
     holdout_every: int = 3            # while hold-out images lack labels, every Nth query is one
     seed: int = 0
+    # Files and images bigger than these are refused before they are read whole or decoded; a
+    # lead raises them for a project that really holds huge scans.
+    max_file_mb: float = 100.0
+    max_megapixels: float = 50.0
     head: HeadSettings = field(default_factory=HeadSettings)
 
     def __post_init__(self):
@@ -46,6 +50,8 @@ class Settings:
             raise ValueError(f"holdout_fraction must lie in (0, 1), got {self.holdout_fraction}")
         if self.holdout_size < 1 or self.batch_size < 1 or self.holdout_every < 1:
             raise ValueError("holdout_size, batch_size and holdout_every must be positive")
+        if self.max_file_mb <= 0 or self.max_megapixels <= 0:
+            raise ValueError("max_file_mb and max_megapixels must be positive")
         from loop.strategies import get_strategy
         get_strategy(self.strategy)
 
