@@ -1,7 +1,10 @@
-"""The project store: one SQLite database (WAL mode) through sqlite-utils, and the schema in one place.
+"""The project store: one SQLite database (WAL mode) through sqlite-utils, the schema in one place,
+and the only module that speaks SQL.
 
 Labels are an append-only event log; an image's current label is its latest event (an event with
-no class retracts the label). Nothing here is ever updated in place except an image's split.
+no class retracts the label). An answer that cannot become the label (its image is with someone
+else now, or someone labeled it since it was shown, or it disagrees with a label in force) is kept
+as a conflict for the lead, never dropped and never written over the label.
 
 >>> store = Store(":memory:")
 >>> pid = store.create_project("demo", "/tmp", "{}", ["cat", "dog"])
@@ -12,16 +15,23 @@ no class retracts the label). Nothing here is ever updated in place except an im
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
+import uuid
+import zlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import sqlite_utils
 
-LABEL_SOURCES = ("seed", "human", "simulated", "imported", "auto")
+LABEL_SOURCES = ("seed", "human", "simulated", "imported", "auto", "review")
+# Sources whose label a later answer by another person must not silently replace: a second
+# opinion that agrees is stored beside it, one that disagrees becomes a conflict.
+OPINION_SOURCES = ("seed", "human", "simulated", "imported", "review")
 SPLITS = ("pool", "holdout")
 
 SCHEMA = {
@@ -33,14 +43,18 @@ SCHEMA = {
                 "known_class_id": int, "status": str, "reason": str},
                {"pk": "id", "foreign_keys": [("project_id", "projects", "id"),
                                              ("known_class_id", "classes", "id")]}),
+    # `undoes`: the event an undo takes back (the undo restores the label before it).
     "label_events": ({"id": int, "project_id": int, "image_id": int, "class_id": int,
-                      "annotator": str, "source": str, "created_at": float, "origin": str},
+                      "annotator": str, "source": str, "created_at": float, "origin": str,
+                      "undoes": int},
                      {"pk": "id", "foreign_keys": [("project_id", "projects", "id"),
                                                    ("image_id", "images", "id"),
                                                    ("class_id", "classes", "id")]}),
+    # `train_ids`: the image ids the head was trained on (zlib-compressed int64), for audits.
     "model_versions": ({"id": int, "project_id": int, "version": int, "created_at": float,
                         "n_labels": int, "last_event_id": int, "class_counts": str,
-                        "train_seconds": float, "weights_path": str, "backbone": str, "n_auto": int},
+                        "train_seconds": float, "weights_path": str, "backbone": str, "n_auto": int,
+                        "train_ids": bytes},
                        {"pk": "id", "foreign_keys": [("project_id", "projects", "id")]}),
     "evaluations": ({"id": int, "project_id": int, "model_version_id": int, "n_labels": int,
                      "n_holdout": int, "accuracy": float, "balanced_accuracy": float,
@@ -53,21 +67,57 @@ SCHEMA = {
                              "foreign_keys": [("evaluation_id", "evaluations", "id"),
                                               ("image_id", "images", "id")]}),
     # Who is looking at which image now: a lease expires, so a closed tab frees its images.
+    # `position` orders an annotator's window (an undone image goes back to the front).
     "leases": ({"project_id": int, "image_id": int, "annotator": str, "leased_at": float,
-                "expires_at": float, "origin": str},
+                "expires_at": float, "origin": str, "position": float},
                {"pk": ("project_id", "image_id"),
                 "foreign_keys": [("project_id", "projects", "id"), ("image_id", "images", "id")]}),
+    # When each image was last handed to each person: an answer is accepted only for an image
+    # shown to its annotator, and checked against what others did to the image since.
+    "shown": ({"project_id": int, "image_id": int, "annotator": str, "shown_at": float,
+               "skipped": int},
+              {"pk": ("project_id", "image_id", "annotator")}),
     # Answers given but not yet submitted: kept in the database so a refresh loses none.
     "drafts": ({"project_id": int, "annotator": str, "image_id": int, "class_id": int,
-                "skipped": int, "created_at": float, "origin": str},
+                "skipped": int, "created_at": float, "origin": str, "shown_at": float},
                {"pk": ("project_id", "annotator", "image_id"),
                 "foreign_keys": [("project_id", "projects", "id"), ("image_id", "images", "id"),
                                  ("class_id", "classes", "id")]}),
+    # Answers the browser sent, by their id, so one re-sent after a reconnect is stored once.
+    "receipts": ({"project_id": int, "annotator": str, "uid": str, "created_at": float,
+                  "outcome": str},
+                 {"pk": ("project_id", "annotator", "uid")}),
+    # Answers that did not become the label, for the lead to resolve.
+    "conflicts": ({"id": int, "project_id": int, "image_id": int, "annotator": str,
+                   "class_id": int, "reason": str, "in_force_event_id": int, "created_at": float,
+                   "status": str, "resolved_by": str, "resolved_at": float, "resolution": str,
+                   "resolution_event_id": int},
+                  {"pk": "id", "foreign_keys": [("project_id", "projects", "id"),
+                                                ("image_id", "images", "id")]}),
+    # Images a lead sent to a named person (a third opinion on a conflict): served to them first.
+    "assignments": ({"project_id": int, "image_id": int, "annotator": str, "assigned_by": str,
+                     "created_at": float},
+                    {"pk": ("project_id", "image_id")}),
     # Images auto-accept would have labeled, sent to people instead to measure its precision.
     "audits": ({"project_id": int, "image_id": int, "predicted_class_id": int, "model_version": int,
                 "plan": str, "created_at": float},
                {"pk": ("project_id", "image_id"),
                 "foreign_keys": [("project_id", "projects", "id"), ("image_id", "images", "id")]}),
+    # The next images to ask about, ranked by the strategy in the background after each version,
+    # so handing an annotator their next images is a read.
+    "queue_items": ({"project_id": int, "image_id": int, "position": int, "origin": str,
+                     "model_version": int, "created_at": float},
+                    {"pk": ("project_id", "image_id")}),
+    # One trainer per project across processes: whoever holds this lease trains and publishes.
+    "training_lease": ({"project_id": int, "owner": str, "expires_at": float},
+                       {"pk": "project_id"}),
+    # What the background work reports to the pages (a failed retrain, a recovery).
+    "project_log": ({"id": int, "project_id": int, "kind": str, "message": str, "created_at": float},
+                    {"pk": "id"}),
+    # People and their roles; a token is stored only as its sha256.
+    "people": ({"name": str, "role": str, "token_hash": str, "created_at": float,
+                "revoked_at": float},
+               {"pk": "name"}),
     # Folders the browser may import from (a lead adds them from the command line).
     "import_roots": ({"path": str, "added_at": float}, {"pk": "path"}),
 }
@@ -76,13 +126,54 @@ INDEXES = [
     ("images", ["project_id", "path"], True),
     ("images", ["project_id", "hash"], False),
     ("label_events", ["project_id", "image_id"], False),
+    ("label_events", ["project_id", "annotator"], False),
     ("model_versions", ["project_id", "version"], True),
     ("evaluations", ["project_id", "model_version_id"], False),
+    ("conflicts", ["project_id", "status"], False),
+    ("queue_items", ["project_id", "position"], False),
+    ("people", ["token_hash"], True),
 ]
 
 
 class StoreError(ValueError):
     """A request the store refuses; the message names the bad thing."""
+
+
+class StorageError(StoreError):
+    """The database itself cannot be written or read: disk full, read-only, deleted."""
+
+
+def translate(exc: sqlite3.Error, path: str) -> StorageError | None:
+    """One clear message for the storage failures a person can act on (None: not one of them)."""
+    text = str(exc).lower()
+    if "disk is full" in text or "database or disk is full" in text:
+        return StorageError(f"the disk holding the database '{path}' is full: nothing from this "
+                            "action was stored. Free some space and try again")
+    if "readonly" in text or "read-only" in text:
+        return StorageError(f"the database '{path}' is read-only: nothing from this action was "
+                            "stored. Give the app's user write access to the file and its folder")
+    if "disk i/o error" in text or "no such table" in text or "file is not a database" in text \
+            or "unable to open" in text:
+        return StorageError(f"the database '{path}' cannot be used ({exc}): nothing from this "
+                            "action was stored. Check the file, or restore a backup with "
+                            "`python -m loop restore BACKUP`")
+    return None
+
+
+@dataclass
+class Outcome:
+    """What became of one answer: "draft" (kept, to be submitted), "conflict" (kept for the lead,
+    not the label), "duplicate" (already stored under this id), "dropped" (a skip for an image that
+    is no longer this person's). `message` says it in words."""
+
+    status: str
+    image_id: int
+    message: str = ""
+    submitted: bool = False   # set by a session when this answer completed a batch
+
+
+def _ids(blob: bytes | None) -> np.ndarray:
+    return np.frombuffer(zlib.decompress(blob), dtype=np.int64) if blob else np.zeros(0, np.int64)
 
 
 class Store:
@@ -97,20 +188,41 @@ class Store:
         else:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._shared = None
-        self._create_schema()
+        try:
+            self._create_schema()
+        except sqlite3.Error as exc:
+            raise (translate(exc, self.path) or exc) from None
 
     @property
     def db(self) -> sqlite_utils.Database:
         if self._shared is not None:
             return self._shared
-        if getattr(self._local, "db", None) is None:
+        db = getattr(self._local, "db", None)
+        if db is not None and self._identity() != self._local.identity:
+            # The file was deleted (or replaced) under us: writing on would go to a dead WAL and
+            # be lost when the process ends, so every call fails loudly instead.
+            if not os.path.exists(self.path):
+                raise StorageError(f"the database '{self.path}' was deleted while Juicer ran: "
+                                   "nothing from this action was stored. Restore it with "
+                                   "`python -m loop restore BACKUP` and restart the app")
+            db.conn.close()
+            db = None
+        if db is None:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             db = sqlite_utils.Database(conn)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
             self._local.db = db
-        return self._local.db
+            self._local.identity = self._identity()
+        return db
+
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
 
     def _create_schema(self) -> None:
         db = self.db
@@ -124,14 +236,22 @@ class Store:
             db[table].create_index(columns, unique=unique, if_not_exists=True)
 
     def transaction(self):
-        """`with store.transaction():` all or nothing (an exception rolls everything back)."""
-        return _Transaction(self.db.conn)
+        """`with store.transaction():` all or nothing (an exception rolls everything back); a
+        storage failure comes out as one clear StorageError."""
+        return _Transaction(self.db.conn, self.path)
+
+    def query(self, sql: str, args: Sequence = ()) -> list[dict]:
+        return list(self.db.query(sql, list(args)))
+
+    def _one(self, sql: str, args: Sequence = ()):
+        row = self.db.execute(sql, list(args)).fetchone()
+        return None if row is None else row[0]
 
     # -- projects and classes -------------------------------------------------------------------
 
     def create_project(self, name: str, root: str, settings_json: str,
                        class_names: Sequence[str]) -> int:
-        if not name or not name.replace("-", "").replace("_", "").isalnum():
+        if not name or not name.replace("-", "").replace("_", "").isalnum() or not name.isascii():
             raise StoreError(f"project name '{name}' must be letters, digits, '-' or '_'")
         if self.db["projects"].count_where("name = ?", [name]):
             raise StoreError(f"project '{name}' already exists; open it or choose another name")
@@ -166,6 +286,10 @@ class Store:
         known = ", ".join(c["name"] for c in self.classes(project_id))
         raise StoreError(f"class '{name}' does not exist in this project (classes: {known})")
 
+    def update_settings(self, project_id: int, settings_json: str) -> None:
+        with self.transaction():
+            self.db["projects"].update(project_id, {"settings": settings_json})
+
     # -- import roots: the folders a browser may import from ------------------------------------
 
     def import_roots(self) -> list[str]:
@@ -181,11 +305,43 @@ class Store:
             self.db.execute("DELETE FROM import_roots WHERE path = ?", [str(path)])
         return bool(found)
 
+    # -- people ---------------------------------------------------------------------------------
+
+    def add_person(self, name: str, role: str, token_hash: str) -> None:
+        with self.transaction():
+            row = self.db.execute("SELECT revoked_at FROM people WHERE name = ?", [name]).fetchone()
+            if row is not None and row[0] is None:
+                raise StoreError(f"'{name}' already has a token; revoke it first "
+                                 f"(python -m loop token revoke {name})")
+            self.db["people"].insert({"name": name, "role": role, "token_hash": token_hash,
+                                      "created_at": time.time(), "revoked_at": None}, replace=True)
+
+    def person_by_token_hash(self, token_hash: str) -> dict | None:
+        rows = self.query("SELECT * FROM people WHERE token_hash = ? AND revoked_at IS NULL",
+                          [token_hash])
+        return rows[0] if rows else None
+
+    def people(self) -> list[dict]:
+        return self.query("SELECT name, role, created_at, revoked_at FROM people ORDER BY name")
+
+    def revoke_person(self, name: str) -> bool:
+        with self.transaction():
+            changed = self.db.execute("UPDATE people SET revoked_at = ? WHERE name = ? AND "
+                                      "revoked_at IS NULL", [time.time(), name]).rowcount
+        return bool(changed)
+
     # -- images ---------------------------------------------------------------------------------
 
     def add_images(self, project_id: int, rows: Iterable[dict]) -> None:
-        self.db["images"].insert_all(({"project_id": project_id, "status": "ok", **r} for r in rows),
-                                     batch_size=1000)
+        with self.transaction():
+            self.db["images"].insert_all(({"project_id": project_id, "status": "ok", **r} for r in rows),
+                                         batch_size=1000)
+
+    def image(self, project_id: int, image_id: int) -> dict:
+        rows = self.query("SELECT * FROM images WHERE project_id = ? AND id = ?", [project_id, int(image_id)])
+        if not rows:
+            raise StoreError(f"image id {image_id} is not an image of this project")
+        return rows[0]
 
     def images(self, project_id: int, split: str | None = None, status: str | None = "ok") -> list[dict]:
         where, args = ["project_id = ?"], [project_id]
@@ -202,7 +358,8 @@ class Store:
                                                  [project_id], order_by="id"))
 
     def skip_image(self, image_id: int, reason: str) -> None:
-        self.db["images"].update(image_id, {"status": "skipped", "reason": reason})
+        with self.transaction():
+            self.db["images"].update(image_id, {"status": "skipped", "reason": reason})
 
     def set_split(self, image_ids: Sequence[int], split: str) -> None:
         if split not in SPLITS:
@@ -216,10 +373,13 @@ class Store:
     # -- labels ---------------------------------------------------------------------------------
 
     def add_labels(self, project_id: int, labels: Sequence[tuple[int, str | int | None]],
-                   annotator: str, source: str, origins: Sequence[str | None] | None = None) -> list[int]:
+                   annotator: str, source: str, origins: Sequence[str | None] | None = None,
+                   undoes: Sequence[int | None] | None = None) -> list[int]:
         """Append one event per (image id, class name or id or None to retract), all in one
         transaction: either every label of the batch is stored or none is. `origins` says why
-        each image was asked ("strategy", "control", "holdout", "grid"), where known."""
+        each image was asked ("strategy", "control", "holdout", "grid"), where known. This is the
+        system's own path (imports, seeds, replays, auto-accept); people's answers go through
+        `answer` and `submit_drafts`, which keep conflicts."""
         if source not in LABEL_SOURCES:
             raise StoreError(f"label source must be one of {LABEL_SOURCES}, got '{source}'")
         if not annotator:
@@ -230,7 +390,8 @@ class Store:
         now = time.time()
         events = []
         origins = list(origins) if origins is not None else [None] * len(labels)
-        for (image_id, cls), origin in zip(labels, origins):
+        undoes = list(undoes) if undoes is not None else [None] * len(labels)
+        for (image_id, cls), origin, undone in zip(labels, origins, undoes):
             if cls is None:
                 class_id = None
             elif isinstance(cls, str):
@@ -244,16 +405,17 @@ class Store:
                 class_id = int(cls)
             events.append({"project_id": project_id, "image_id": int(image_id), "class_id": class_id,
                            "annotator": annotator, "source": source, "created_at": now,
-                           "origin": origin})
+                           "origin": origin, "undoes": undone})
         image_ids = sorted({e["image_id"] for e in events})
-        if image_ids:
-            found = {r["id"] for r in self.db.query(
-                f"SELECT id FROM images WHERE project_id = ? AND status = 'ok' AND id IN "
-                f"({','.join('?' * len(image_ids))})", [project_id, *image_ids])}
-            missing = [i for i in image_ids if i not in found]
-            if missing:
-                raise StoreError(f"image id(s) {missing[:10]} are not usable images of this project")
         with self.transaction():
+            for start in range(0, len(image_ids), 500):
+                chunk = image_ids[start:start + 500]
+                found = {r[0] for r in self.db.execute(
+                    f"SELECT id FROM images WHERE project_id = ? AND status = 'ok' AND id IN "
+                    f"({','.join('?' * len(chunk))})", [project_id, *chunk]).fetchall()}
+                missing = [i for i in chunk if i not in found]
+                if missing:
+                    raise StoreError(f"image id(s) {missing[:10]} are not usable images of this project")
             return [self.db["label_events"].insert(e).last_pk for e in events]
 
     def current_labels(self, project_id: int, split: str | None = None,
@@ -279,45 +441,83 @@ class Store:
         rows = self.db.execute(sql.format(bound=bound, split=where_split, source=where_source), args).fetchall()
         return dict(rows)
 
-    def update_settings(self, project_id: int, settings_json: str) -> None:
-        self.db["projects"].update(project_id, {"settings": settings_json})
+    def latest_events(self, project_id: int) -> dict[int, dict]:
+        """{image id: its latest event} (retractions included)."""
+        rows = self.query("SELECT * FROM label_events WHERE id IN (SELECT max(id) FROM label_events "
+                          "WHERE project_id = ? GROUP BY image_id)", [project_id])
+        return {r["image_id"]: r for r in rows}
 
-    def last_event_id(self, project_id: int) -> int:
-        row = self.db.execute("SELECT max(id) FROM label_events WHERE project_id = ?",
-                              [project_id]).fetchone()
-        return row[0] or 0
+    def last_event_id(self, project_id: int, exclude_sources: Sequence[str] = ()) -> int:
+        sql, args = "SELECT max(id) FROM label_events WHERE project_id = ?", [project_id]
+        if exclude_sources:
+            sql += f" AND source NOT IN ({','.join('?' * len(exclude_sources))})"
+            args += list(exclude_sources)
+        return self._one(sql, args) or 0
 
-    # -- leases and drafts: several annotators at once ------------------------------------------
+    def label_events(self, project_id: int, image_id: int | None = None,
+                     annotator: str | None = None) -> list[dict]:
+        sql, args = "SELECT * FROM label_events WHERE project_id = ?", [project_id]
+        if image_id is not None:
+            sql += " AND image_id = ?"
+            args.append(int(image_id))
+        if annotator is not None:
+            sql += " AND annotator = ?"
+            args.append(annotator)
+        return self.query(sql + " ORDER BY id", args)
+
+    # -- leases and what each person was shown ------------------------------------------------
 
     def lease(self, project_id: int, image_ids: Sequence[int], annotator: str,
               seconds: float = 900, origins: Sequence[str] | None = None) -> list[int]:
-        """Lease the images to `annotator` for `seconds`, skipping any another annotator holds
-        (atomically: two annotators asking at once never both get one). Returns those granted."""
+        """Lease the images to `annotator` for `seconds`, skipping any another annotator holds or
+        has a pending answer for (atomically: two annotators asking at once never both get one).
+        Each granted image counts as shown to them now. Returns those granted."""
         now = time.time()
         granted = []
         origins = list(origins) if origins is not None else [None] * len(image_ids)
         with self.transaction():
+            back = self._one("SELECT coalesce(max(position), 0) FROM leases WHERE project_id = ? "
+                             "AND annotator = ?", [project_id, annotator])
             for image_id, origin in zip(image_ids, origins):
+                image_id = int(image_id)
                 holder = self.db.execute(
-                    "SELECT annotator FROM leases WHERE project_id = ? AND image_id = ? AND expires_at > ?",
-                    [project_id, int(image_id), now]).fetchone()
+                    "SELECT annotator, leased_at FROM leases WHERE project_id = ? AND image_id = ? "
+                    "AND expires_at > ?", [project_id, image_id, now]).fetchone()
                 if holder is not None and holder[0] != annotator:
                     continue
-                self.db.execute("INSERT OR REPLACE INTO leases (project_id, image_id, annotator, leased_at, "
-                                "expires_at, origin) VALUES (?, ?, ?, ?, ?, coalesce(?, (SELECT origin FROM "
-                                "leases WHERE project_id = ? AND image_id = ?)))",
-                                [project_id, int(image_id), annotator, now, now + seconds, origin,
-                                 project_id, int(image_id)])
-                granted.append(int(image_id))
+                if self._one("SELECT count(*) FROM drafts WHERE project_id = ? AND image_id = ? AND "
+                             "annotator != ?", [project_id, image_id, annotator]):
+                    continue
+                if holder is not None:   # a renewal keeps its place and when it was first shown
+                    self.db.execute("UPDATE leases SET expires_at = ? WHERE project_id = ? AND "
+                                    "image_id = ?", [now + seconds, project_id, image_id])
+                else:
+                    back += 1
+                    self.db.execute(
+                        "INSERT OR REPLACE INTO leases (project_id, image_id, annotator, leased_at, "
+                        "expires_at, origin, position) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [project_id, image_id, annotator, now, now + seconds, origin, back])
+                    self.db.execute(
+                        "INSERT OR REPLACE INTO shown (project_id, image_id, annotator, shown_at, "
+                        "skipped) VALUES (?, ?, ?, ?, 0)", [project_id, image_id, annotator, now])
+                granted.append(image_id)
         return granted
 
     def leases(self, project_id: int, annotator: str | None = None) -> list[dict]:
-        """Unexpired leases (of one annotator, or all), oldest first."""
+        """Unexpired leases (of one annotator, or all), in window order."""
         sql, args = "SELECT * FROM leases WHERE project_id = ? AND expires_at > ?", [project_id, time.time()]
         if annotator is not None:
             sql += " AND annotator = ?"
             args.append(annotator)
-        return list(self.db.query(sql + " ORDER BY leased_at, image_id", args))
+        return self.query(sql + " ORDER BY position, leased_at, image_id", args)
+
+    def renew_leases(self, project_id: int, annotator: str, seconds: float = 900) -> int:
+        """Extend every unexpired lease of `annotator` (the page is still open)."""
+        now = time.time()
+        with self.transaction():
+            return self.db.execute("UPDATE leases SET expires_at = ? WHERE project_id = ? AND "
+                                   "annotator = ? AND expires_at > ?",
+                                   [now + seconds, project_id, annotator, now]).rowcount
 
     def release(self, project_id: int, image_ids: Sequence[int], annotator: str) -> None:
         with self.transaction():
@@ -325,84 +525,547 @@ class Store:
                 self.db.execute("DELETE FROM leases WHERE project_id = ? AND image_id = ? AND annotator = ?",
                                 [project_id, int(image_id), annotator])
 
-    def save_draft(self, project_id: int, annotator: str, image_id: int, class_id: int | None) -> None:
-        """Record an answer (a class id, or None for skip) not yet submitted; renews the lease."""
+    def move_to_front(self, project_id: int, image_id: int, annotator: str) -> None:
+        with self.transaction():
+            front = self._one("SELECT coalesce(min(position), 0) FROM leases WHERE project_id = ? "
+                              "AND annotator = ?", [project_id, annotator])
+            self.db.execute("UPDATE leases SET position = ? WHERE project_id = ? AND image_id = ? "
+                            "AND annotator = ?", [front - 1, project_id, int(image_id), annotator])
+
+    def shown_to(self, project_id: int, image_id: int, annotator: str) -> dict | None:
+        rows = self.query("SELECT * FROM shown WHERE project_id = ? AND image_id = ? AND annotator = ?",
+                          [project_id, int(image_id), annotator])
+        return rows[0] if rows else None
+
+    # -- answers: drafts, conflicts, submit, undo ----------------------------------------------
+
+    def _receipt(self, project_id: int, annotator: str, uid: str | None, outcome: str) -> None:
+        if uid:
+            self.db.execute("INSERT OR IGNORE INTO receipts (project_id, annotator, uid, created_at, "
+                            "outcome) VALUES (?, ?, ?, ?, ?)", [project_id, annotator, uid, time.time(),
+                                                                outcome])
+
+    def receipt(self, project_id: int, annotator: str, uid: str) -> dict | None:
+        rows = self.query("SELECT * FROM receipts WHERE project_id = ? AND annotator = ? AND uid = ?",
+                          [project_id, annotator, uid])
+        return rows[0] if rows else None
+
+    def _others_since(self, project_id: int, image_id: int, annotator: str, since: float) -> dict | None:
+        rows = self.query("SELECT * FROM label_events WHERE project_id = ? AND image_id = ? AND "
+                          "annotator != ? AND created_at > ? ORDER BY id DESC LIMIT 1",
+                          [project_id, image_id, annotator, since])
+        return rows[0] if rows else None
+
+    def _in_force(self, project_id: int, image_id: int) -> dict | None:
+        rows = self.query("SELECT * FROM label_events WHERE project_id = ? AND image_id = ? "
+                          "ORDER BY id DESC LIMIT 1", [project_id, image_id])
+        return rows[0] if rows else None
+
+    def _conflict(self, project_id: int, image_id: int, annotator: str, class_id: int | None,
+                  reason: str) -> int:
+        in_force = self._in_force(project_id, image_id)
+        return self.db["conflicts"].insert({
+            "project_id": project_id, "image_id": image_id, "annotator": annotator,
+            "class_id": class_id, "reason": reason,
+            "in_force_event_id": in_force["id"] if in_force else None, "created_at": time.time(),
+            "status": "open"}).last_pk
+
+    def answer(self, project_id: int, annotator: str, image_id: int, class_id: int | None,
+               uid: str | None = None, lease_seconds: float = 900) -> Outcome:
+        """Record `annotator`'s answer for `image_id` (a class id, or None to skip) as a draft, in
+        one transaction. Refused (StoreError) for an image never shown to them. Kept as a conflict,
+        not as the label, when the image is someone else's now: leased to another, answered by
+        another, or labeled by another since it was shown to this person. An expired lease that
+        nobody else took is simply renewed. A `uid` already stored returns "duplicate"."""
+        image_id = int(image_id)
         now = time.time()
         with self.transaction():
+            if uid and self.receipt(project_id, annotator, uid):
+                return Outcome("duplicate", image_id, "already stored")
+            image = self.image(project_id, image_id)
+            if image["status"] != "ok":
+                raise StoreError(f"image {image_id} ('{image['path']}') was skipped at import: "
+                                 f"{image['reason']}")
+            if class_id is not None and class_id not in {c["id"] for c in self.classes(project_id)}:
+                raise StoreError(f"class id {class_id} does not exist in this project")
+            shown = self.shown_to(project_id, image_id, annotator)
+            if shown is None:
+                raise StoreError(f"image {image_id} was never shown to {annotator}: an answer must "
+                                 "be for the image on your screen")
+            holder = self.db.execute("SELECT annotator FROM leases WHERE project_id = ? AND "
+                                     "image_id = ? AND expires_at > ?", [project_id, image_id, now]
+                                     ).fetchone()
+            other_draft = self._one("SELECT annotator FROM drafts WHERE project_id = ? AND image_id = ? "
+                                    "AND annotator != ?", [project_id, image_id, annotator])
+            since = self._others_since(project_id, image_id, annotator, shown["shown_at"])
+            reason = None
+            if holder is not None and holder[0] != annotator:
+                reason = f"your lease expired and the image is now with {holder[0]}"
+            elif other_draft:
+                reason = f"{other_draft} answered it first"
+            elif since is not None:
+                reason = f"{since['annotator']} labeled it after it was shown to you"
+            if reason is not None:
+                if class_id is None:
+                    self._receipt(project_id, annotator, uid, "dropped")
+                    return Outcome("dropped", image_id, f"skip of image {image_id} not kept: {reason}")
+                self._conflict(project_id, image_id, annotator, class_id, reason)
+                self._receipt(project_id, annotator, uid, "conflict")
+                return Outcome("conflict", image_id, f"image {image_id}: {reason}; your answer is kept "
+                                                     "as a conflict for the lead, not as the label")
+            if holder is None:
+                self.db.execute("INSERT OR REPLACE INTO leases (project_id, image_id, annotator, "
+                                "leased_at, expires_at, origin, position) VALUES (?, ?, ?, ?, ?, "
+                                "(SELECT origin FROM queue_items WHERE project_id = ? AND image_id = ?), "
+                                "(SELECT coalesce(max(position), 0) + 1 FROM leases WHERE project_id = ? "
+                                "AND annotator = ?))",
+                                [project_id, image_id, annotator, shown["shown_at"], now + lease_seconds,
+                                 project_id, image_id, project_id, annotator])
             self.db.execute("INSERT OR REPLACE INTO drafts (project_id, annotator, image_id, class_id, "
-                            "skipped, created_at, origin) VALUES (?, ?, ?, ?, ?, ?, (SELECT origin FROM "
-                            "leases WHERE project_id = ? AND image_id = ?))",
-                            [project_id, annotator, int(image_id), class_id, int(class_id is None), now,
-                             project_id, int(image_id)])
+                            "skipped, created_at, origin, shown_at) VALUES (?, ?, ?, ?, ?, ?, (SELECT "
+                            "origin FROM leases WHERE project_id = ? AND image_id = ?), ?)",
+                            [project_id, annotator, image_id, class_id, int(class_id is None), now,
+                             project_id, image_id, shown["shown_at"]])
             self.db.execute("UPDATE leases SET expires_at = max(expires_at, ?) WHERE project_id = ? "
-                            "AND annotator = ?", [now + 900, project_id, annotator])
+                            "AND annotator = ?", [now + lease_seconds, project_id, annotator])
+            self._receipt(project_id, annotator, uid, "draft")
+        return Outcome("draft", image_id)
 
-    def drafts(self, project_id: int, annotator: str) -> list[dict]:
-        return list(self.db.query("SELECT * FROM drafts WHERE project_id = ? AND annotator = ? "
-                                  "ORDER BY created_at, rowid", [project_id, annotator]))
+    def drafts(self, project_id: int, annotator: str | None = None) -> list[dict]:
+        sql, args = "SELECT * FROM drafts WHERE project_id = ?", [project_id]
+        if annotator is not None:
+            sql += " AND annotator = ?"
+            args.append(annotator)
+        return self.query(sql + " ORDER BY created_at, rowid", args)
 
-    def delete_draft(self, project_id: int, annotator: str, image_id: int) -> None:
-        self.db.execute("DELETE FROM drafts WHERE project_id = ? AND annotator = ? AND image_id = ?",
-                        [project_id, annotator, int(image_id)])
+    def stale_draft_annotators(self, project_id: int, older_than: float) -> list[str]:
+        """Annotators whose oldest pending answer is older than `older_than` seconds."""
+        return [r["annotator"] for r in self.query(
+            "SELECT annotator FROM drafts WHERE project_id = ? GROUP BY annotator "
+            "HAVING min(created_at) < ?", [project_id, time.time() - older_than])]
 
-    def submit_drafts(self, project_id: int, annotator: str, source: str = "human") -> list[int]:
+    def submit_drafts(self, project_id: int, annotator: str, source: str = "human") -> dict:
         """Turn the annotator's drafts into label events, all in one transaction, and free their
-        images. Skipped images are freed unlabeled. Returns the labeled image ids."""
+        images. Skips free their images unlabeled (and keep them from coming back to this person).
+        An answer for an image someone labeled since it was shown, or one that disagrees with
+        another person's label in force (an overlap or a third opinion), is kept as a conflict.
+        Returns {"labeled": [image ids], "conflicts": [image ids]}."""
+        labeled, conflicts = [], []
         with self.transaction():
             drafts = self.drafts(project_id, annotator)
-            kept = [d for d in drafts if not d["skipped"]]
-            labels = [(d["image_id"], d["class_id"]) for d in kept]
-            if labels:
-                self.add_labels(project_id, labels, annotator, source, origins=[d["origin"] for d in kept])
+            for d in drafts:
+                image_id = d["image_id"]
+                if d["skipped"]:
+                    self.db.execute("UPDATE shown SET skipped = 1 WHERE project_id = ? AND image_id = ? "
+                                    "AND annotator = ?", [project_id, image_id, annotator])
+                    continue
+                since = self._others_since(project_id, image_id, annotator, d["shown_at"] or 0)
+                if since is not None:
+                    self._conflict(project_id, image_id, annotator, d["class_id"],
+                                   f"{since['annotator']} labeled it after it was shown to you")
+                    conflicts.append(image_id)
+                    continue
+                in_force = self._in_force(project_id, image_id)
+                origin = d["origin"]
+                other_opinion = (in_force is not None and in_force["class_id"] is not None
+                                 and in_force["annotator"] != annotator
+                                 and in_force["source"] in OPINION_SOURCES)
+                if other_opinion and in_force["class_id"] != d["class_id"]:
+                    open_ = self.query("SELECT * FROM conflicts WHERE project_id = ? AND image_id = ? "
+                                       "AND status = 'open'", [project_id, image_id])
+                    assigned = self._one("SELECT annotator FROM assignments WHERE project_id = ? AND "
+                                         "image_id = ?", [project_id, image_id])
+                    if assigned == annotator and any(c["class_id"] == d["class_id"] for c in open_):
+                        # A third opinion siding with a conflicting answer settles it.
+                        event = self.db["label_events"].insert({
+                            "project_id": project_id, "image_id": image_id, "class_id": d["class_id"],
+                            "annotator": annotator, "source": source, "created_at": time.time(),
+                            "origin": "third-opinion"}).last_pk
+                        self._resolve(project_id, image_id, annotator, f"third opinion by {annotator}",
+                                      event)
+                        labeled.append(image_id)
+                        continue
+                    self._conflict(project_id, image_id, annotator, d["class_id"],
+                                   f"disagrees with {in_force['annotator']}'s label")
+                    conflicts.append(image_id)
+                    continue
+                event = self.db["label_events"].insert({
+                    "project_id": project_id, "image_id": image_id, "class_id": d["class_id"],
+                    "annotator": annotator, "source": source, "created_at": time.time(),
+                    "origin": "overlap" if other_opinion else origin}).last_pk
+                if other_opinion and self._one("SELECT annotator FROM assignments WHERE project_id = ? "
+                                               "AND image_id = ?", [project_id, image_id]) == annotator:
+                    self._resolve(project_id, image_id, annotator,
+                                  f"third opinion by {annotator} kept the label", event)
+                labeled.append(image_id)
             self.db.execute("DELETE FROM drafts WHERE project_id = ? AND annotator = ?",
                             [project_id, annotator])
             self.release(project_id, [d["image_id"] for d in drafts], annotator)
-        return [i for i, _ in labels]
+        return {"labeled": labeled, "conflicts": conflicts}
 
-    def label_events(self, project_id: int) -> list[dict]:
-        return list(self.db["label_events"].rows_where("project_id = ?", [project_id], order_by="id"))
+    def delete_draft(self, project_id: int, annotator: str, image_id: int) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM drafts WHERE project_id = ? AND annotator = ? AND image_id = ?",
+                            [project_id, annotator, int(image_id)])
+
+    def undo_last(self, project_id: int, annotator: str, image_id: int | None = None,
+                  lease_seconds: float = 900) -> int | None:
+        """Take back `annotator`'s last answer (only their own): an unsubmitted one is dropped; a
+        submitted one is undone by a new event restoring the label before it (the log is never
+        rewritten), refused if someone else labeled the image since. Repeated calls walk back
+        through their answers. With `image_id`, refuse unless that is the answer to take back.
+        The image goes back to the front of their window. Returns it, or None if nothing is left."""
+        with self.transaction():
+            drafts = self.drafts(project_id, annotator)
+            if drafts:
+                last = drafts[-1]
+                if image_id is not None and last["image_id"] != int(image_id):
+                    raise StoreError(f"your last answer is for image {last['image_id']}, not {image_id}")
+                self.db.execute("DELETE FROM drafts WHERE project_id = ? AND annotator = ? AND image_id = ?",
+                                [project_id, annotator, last["image_id"]])
+                self.db.execute("UPDATE shown SET skipped = 0 WHERE project_id = ? AND image_id = ? "
+                                "AND annotator = ?", [project_id, last["image_id"], annotator])
+                self.move_to_front(project_id, last["image_id"], annotator)
+                return last["image_id"]
+            standing = self.query(
+                "SELECT * FROM label_events e WHERE project_id = ? AND annotator = ? AND source = 'human' "
+                "AND undoes IS NULL AND NOT EXISTS (SELECT 1 FROM label_events u WHERE u.project_id = "
+                "e.project_id AND u.undoes = e.id) ORDER BY id DESC LIMIT 1", [project_id, annotator])
+            if not standing:
+                return None
+            event = standing[0]
+            target = event["image_id"]
+            if image_id is not None and target != int(image_id):
+                raise StoreError(f"your last answer is for image {target}, not {image_id}")
+            latest = self._in_force(project_id, target)
+            if latest["id"] != event["id"]:
+                raise StoreError(f"image {target} was labeled by {latest['annotator']} after you: undo "
+                                 "would remove their label, so it was not done (ask the lead)")
+            holder = self.db.execute("SELECT annotator FROM leases WHERE project_id = ? AND image_id = ? "
+                                     "AND expires_at > ?", [project_id, target, time.time()]).fetchone()
+            if holder is not None and holder[0] != annotator:
+                raise StoreError(f"image {target} is with {holder[0]} now; undo was not done")
+            before = self.query("SELECT class_id FROM label_events WHERE project_id = ? AND image_id = ? "
+                                "AND id < ? ORDER BY id DESC LIMIT 1", [project_id, target, event["id"]])
+            self.db["label_events"].insert({
+                "project_id": project_id, "image_id": target,
+                "class_id": before[0]["class_id"] if before else None, "annotator": annotator,
+                "source": "human", "created_at": time.time(), "origin": "undo", "undoes": event["id"]})
+            self.lease(project_id, [target], annotator, lease_seconds, origins=[event["origin"]])
+            self.move_to_front(project_id, target, annotator)
+            return target
+
+    # -- conflicts and assignments ------------------------------------------------------------
+
+    def conflicts(self, project_id: int, status: str | None = "open",
+                  annotator: str | None = None) -> list[dict]:
+        sql, args = "SELECT * FROM conflicts WHERE project_id = ?", [project_id]
+        if status:
+            sql += " AND status = ?"
+            args.append(status)
+        if annotator:
+            sql += " AND annotator = ?"
+            args.append(annotator)
+        return self.query(sql + " ORDER BY id", args)
+
+    def _resolve(self, project_id: int, image_id: int, by: str, resolution: str,
+                 event_id: int | None) -> None:
+        self.db.execute("UPDATE conflicts SET status = 'resolved', resolved_by = ?, resolved_at = ?, "
+                        "resolution = ?, resolution_event_id = ? WHERE project_id = ? AND image_id = ? "
+                        "AND status = 'open'", [by, time.time(), resolution, event_id, project_id, image_id])
+        self.db.execute("DELETE FROM assignments WHERE project_id = ? AND image_id = ?", [project_id, image_id])
+
+    def resolve_conflict(self, project_id: int, image_id: int, lead: str, class_id: int | None,
+                         keep: bool = False) -> int | None:
+        """Settle every open conflict of `image_id`: keep the label in force, or set `class_id`
+        (one of the answers, or the lead's own) as a new event with source "review"."""
+        with self.transaction():
+            if not self.query("SELECT 1 FROM conflicts WHERE project_id = ? AND image_id = ? AND "
+                              "status = 'open'", [project_id, int(image_id)]):
+                raise StoreError(f"image {image_id} has no open conflict")
+            event = None
+            if not keep:
+                if class_id not in {c["id"] for c in self.classes(project_id)}:
+                    raise StoreError(f"class id {class_id} does not exist in this project")
+                event = self.db["label_events"].insert({
+                    "project_id": project_id, "image_id": int(image_id), "class_id": class_id,
+                    "annotator": lead, "source": "review", "created_at": time.time(),
+                    "origin": "conflict"}).last_pk
+            self._resolve(project_id, int(image_id), lead, "kept the label in force" if keep else
+                          f"set by {lead}", event)
+            return event
+
+    def assign(self, project_id: int, image_id: int, annotator: str, by: str) -> None:
+        """Send an image with an open conflict to `annotator` for a third opinion."""
+        with self.transaction():
+            involved = {c["annotator"] for c in self.conflicts(project_id) if c["image_id"] == int(image_id)}
+            if not involved:
+                raise StoreError(f"image {image_id} has no open conflict")
+            in_force = self._in_force(project_id, int(image_id))
+            if in_force is not None:
+                involved.add(in_force["annotator"])
+            if annotator in involved:
+                raise StoreError(f"{annotator} already answered image {image_id}; send it to a third person")
+            self.db.execute("INSERT OR REPLACE INTO assignments (project_id, image_id, annotator, "
+                            "assigned_by, created_at) VALUES (?, ?, ?, ?, ?)",
+                            [project_id, int(image_id), annotator, by, time.time()])
+
+    def assignments(self, project_id: int, annotator: str | None = None) -> list[dict]:
+        sql, args = "SELECT * FROM assignments WHERE project_id = ?", [project_id]
+        if annotator:
+            sql += " AND annotator = ?"
+            args.append(annotator)
+        return self.query(sql + " ORDER BY created_at", args)
+
+    # -- the queue: ranked in the background, handed out by a read -----------------------------
+
+    def replace_queue(self, project_id: int, rows: Sequence[tuple[int, str, int | None]]) -> None:
+        """Set the project's ranked queue: (image id, origin, model version) most wanted first."""
+        now = time.time()
+        with self.transaction():
+            self.db.execute("DELETE FROM queue_items WHERE project_id = ?", [project_id])
+            self.db["queue_items"].insert_all(
+                ({"project_id": project_id, "image_id": int(i), "position": k, "origin": o,
+                  "model_version": v, "created_at": now} for k, (i, o, v) in enumerate(rows)),
+                batch_size=1000)
+
+    def queue_size(self, project_id: int) -> int:
+        return self._one("SELECT count(*) FROM queue_items WHERE project_id = ?", [project_id])
+
+    def queue_available(self, project_id: int) -> int:
+        """Queued images nobody holds and nobody labeled yet."""
+        return self._one(
+            "SELECT count(*) FROM queue_items q WHERE q.project_id = ? "
+            "AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.project_id = q.project_id AND "
+            "l.image_id = q.image_id AND l.expires_at > ?) "
+            "AND NOT EXISTS (SELECT 1 FROM drafts d WHERE d.project_id = q.project_id AND "
+            "d.image_id = q.image_id) "
+            "AND NOT EXISTS (SELECT 1 FROM label_events e WHERE e.project_id = q.project_id AND "
+            "e.image_id = q.image_id AND e.id = (SELECT max(id) FROM label_events f WHERE "
+            "f.project_id = q.project_id AND f.image_id = q.image_id) AND e.class_id IS NOT NULL)",
+            [project_id, time.time()])
+
+    def queue_version(self, project_id: int) -> int | None:
+        return self._one("SELECT max(model_version) FROM queue_items WHERE project_id = ?", [project_id])
+
+    def lease_next(self, project_id: int, annotator: str, n: int, seconds: float = 900,
+                   overlap_share: float = 0.0, overlap_seed: int = 0) -> list[int]:
+        """Lease up to `n` more images to `annotator`, in this order: images a lead sent to them,
+        second opinions wanted (a share `overlap_share` of human labels, chosen by image id), the
+        ranked queue, then any unlabeled image at random (the queue ran out before the next
+        ranking). Never one leased to or answered by another person, labeled already (except
+        for a second opinion), or one this person skipped. One transaction."""
+        if n <= 0:
+            return []
+        now = time.time()
+        free = ("i.project_id = ? AND i.status = 'ok' "
+                "AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.project_id = i.project_id AND "
+                "l.image_id = i.id AND l.expires_at > ?) "
+                "AND NOT EXISTS (SELECT 1 FROM drafts d WHERE d.project_id = i.project_id AND d.image_id = i.id) "
+                "AND NOT EXISTS (SELECT 1 FROM shown s WHERE s.project_id = i.project_id AND "
+                "s.image_id = i.id AND s.annotator = ? AND s.skipped = 1) ")
+        unlabeled = ("NOT EXISTS (SELECT 1 FROM label_events e WHERE e.project_id = i.project_id AND "
+                     "e.image_id = i.id AND e.id = (SELECT max(id) FROM label_events f WHERE "
+                     "f.project_id = i.project_id AND f.image_id = i.id) AND e.class_id IS NOT NULL) ")
+        # Never ask a person twice about an image they answered: an opinion of theirs (a label
+        # event) rules out second opinions, a kept conflict rules out everything.
+        answered = ("NOT EXISTS (SELECT 1 FROM conflicts c WHERE c.project_id = i.project_id AND "
+                    "c.image_id = i.id AND c.annotator = ?) ")
+        opinion = ("NOT EXISTS (SELECT 1 FROM label_events e WHERE e.project_id = i.project_id AND "
+                   "e.image_id = i.id AND e.annotator = ?) AND " + answered)
+        base = [project_id, now, annotator]
+        with self.transaction():
+            picked: list[tuple[int, str]] = []
+
+            def take(sql: str, args: list) -> None:
+                for image_id, origin in self.db.execute(sql + " LIMIT ?", [*args, n]).fetchall():
+                    if len(picked) < n and image_id not in {p for p, _ in picked}:
+                        picked.append((image_id, origin))
+
+            take(f"SELECT i.id, 'third-opinion' FROM images i JOIN assignments a ON a.project_id = "
+                 f"i.project_id AND a.image_id = i.id WHERE {free} AND a.annotator = ? AND {opinion} "
+                 f"ORDER BY a.created_at", [*base, annotator, annotator, annotator])
+            if overlap_share > 0 and len(picked) < n:
+                # Second opinions on human labels: the share is chosen by a hash of the image id,
+                # so every process agrees on which images get one.
+                take(f"SELECT i.id, 'overlap' FROM images i WHERE {free} AND {opinion} AND "
+                     "((i.id * 2654435761 + ?) % 4294967296) < ? AND (SELECT count(DISTINCT annotator) "
+                     "FROM label_events e WHERE e.project_id = i.project_id AND e.image_id = i.id AND "
+                     "e.source = 'human') = 1 AND EXISTS (SELECT 1 FROM label_events e WHERE "
+                     "e.project_id = i.project_id AND e.image_id = i.id AND e.source = 'human' AND "
+                     "e.class_id IS NOT NULL AND e.id = (SELECT max(id) FROM label_events f WHERE "
+                     "f.project_id = i.project_id AND f.image_id = i.id)) ORDER BY i.id",
+                     [*base, annotator, annotator, overlap_seed, int(overlap_share * 4294967296)])
+            if len(picked) < n:
+                take(f"SELECT i.id, q.origin FROM images i JOIN queue_items q ON q.project_id = "
+                     f"i.project_id AND q.image_id = i.id WHERE {free} AND {unlabeled} AND {answered} "
+                     f"ORDER BY q.position", [*base, annotator])
+            if len(picked) < n:
+                take(f"SELECT i.id, 'fallback' FROM images i WHERE {free} AND {unlabeled} AND {answered} "
+                     "AND NOT EXISTS (SELECT 1 FROM queue_items q WHERE q.project_id = i.project_id AND "
+                     "q.image_id = i.id) ORDER BY random()", [*base, annotator])
+            if not picked:
+                return []
+            return self.lease(project_id, [p for p, _ in picked], annotator, seconds,
+                              origins=[o for _, o in picked])
+
+    def unlabeled_count(self, project_id: int) -> int:
+        return self._one("SELECT count(*) FROM images i WHERE i.project_id = ? AND i.status = 'ok' AND "
+                         "NOT EXISTS (SELECT 1 FROM label_events e WHERE e.project_id = i.project_id "
+                         "AND e.image_id = i.id AND e.id = (SELECT max(id) FROM label_events f WHERE "
+                         "f.project_id = i.project_id AND f.image_id = i.id) AND e.class_id IS NOT NULL)",
+                         [project_id])
+
+    def taken_image_ids(self, project_id: int, except_annotator: str | None = None) -> set[int]:
+        """Images someone holds now: an unexpired lease or a pending answer (of anyone but
+        `except_annotator`)."""
+        now = time.time()
+        rows = self.db.execute("SELECT image_id FROM leases WHERE project_id = ? AND expires_at > ? "
+                               "AND annotator != ? UNION SELECT image_id FROM drafts WHERE "
+                               "project_id = ? AND annotator != ?",
+                               [project_id, now, except_annotator or "", project_id,
+                                except_annotator or ""]).fetchall()
+        return {r[0] for r in rows}
+
+    # -- audits of auto-accept ----------------------------------------------------------------
+
+    def add_audits(self, project_id: int, rows: Sequence[dict]) -> None:
+        now = time.time()
+        with self.transaction():
+            self.db["audits"].insert_all({"project_id": project_id, "created_at": now, **r} for r in rows)
+
+    def audits(self, project_id: int) -> list[dict]:
+        return self.query("SELECT * FROM audits WHERE project_id = ? ORDER BY created_at, image_id",
+                          [project_id])
+
+    # -- the training lease: one trainer per project -------------------------------------------
+
+    def acquire_training(self, project_id: int, owner: str, seconds: float = 120) -> bool:
+        """Take (or renew) the project's training lease unless another live owner holds it."""
+        now = time.time()
+        with self.transaction():
+            row = self.db.execute("SELECT owner, expires_at FROM training_lease WHERE project_id = ?",
+                                  [project_id]).fetchone()
+            if row is not None and row[0] != owner and row[1] > now:
+                return False
+            self.db.execute("INSERT OR REPLACE INTO training_lease (project_id, owner, expires_at) "
+                            "VALUES (?, ?, ?)", [project_id, owner, now + seconds])
+            return True
+
+    def release_training(self, project_id: int, owner: str) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM training_lease WHERE project_id = ? AND owner = ?",
+                            [project_id, owner])
+
+    def holds_training(self, project_id: int, owner: str) -> bool:
+        return bool(self._one("SELECT count(*) FROM training_lease WHERE project_id = ? AND owner = ? "
+                              "AND expires_at > ?", [project_id, owner, time.time()]))
 
     # -- model versions and evaluations ---------------------------------------------------------
 
+    def publish_version(self, project_id: int, owner: str | None, staged: Path, fields: dict,
+                        evaluation: dict | None = None, train_ids: Sequence[int] = (),
+                        force: bool = False) -> dict | None:
+        """Publish a trained head, all in one transaction: check `owner` still holds the training
+        lease and that the head saw more labels than the newest version (with `force`, as many),
+        number the version, move the staged weights file to its final name (which carries that
+        number), store the row and its evaluation. Returns the row, or None when the result is
+        stale (discarded: its staged file is removed)."""
+        staged = Path(staged)
+        final = None
+        try:
+            with self.transaction():
+                if owner is not None and not self.holds_training(project_id, owner):
+                    return None
+                newest = self._one("SELECT max(last_event_id) FROM model_versions WHERE project_id = ?",
+                                   [project_id])
+                if newest is not None and (fields["last_event_id"] < newest or
+                                           (fields["last_event_id"] == newest and not force)):
+                    return None
+                version = self._one("SELECT coalesce(max(version), 0) + 1 FROM model_versions "
+                                    "WHERE project_id = ?", [project_id])
+                final = staged.parent / f"v{version:05d}-{uuid.uuid4().hex[:12]}.npz"
+                os.replace(staged, final)
+                row = {"project_id": project_id, "version": version, "created_at": time.time(),
+                       **fields, "weights_path": str(final),
+                       "train_ids": zlib.compress(np.asarray(train_ids, np.int64).tobytes())}
+                if isinstance(row.get("class_counts"), dict):
+                    row["class_counts"] = json.dumps(row["class_counts"])
+                row["id"] = self.db["model_versions"].insert(row).last_pk
+                if evaluation is not None:
+                    row["evaluation_id"] = self._insert_evaluation(project_id, row["id"], **evaluation)
+        except BaseException:
+            if final is not None and final.exists():
+                final.unlink()    # the row was rolled back: no weights without their row
+            raise
+        finally:
+            if staged.exists():
+                staged.unlink()
+        row.pop("train_ids")
+        return row
+
     def add_model_version(self, project_id: int, **fields) -> dict:
+        """A version row for weights written elsewhere (tests and tools; the trainer publishes
+        with `publish_version`)."""
         with self.transaction():
-            version = self.db.execute("SELECT coalesce(max(version), 0) + 1 FROM model_versions "
-                                      "WHERE project_id = ?", [project_id]).fetchone()[0]
+            version = self._one("SELECT coalesce(max(version), 0) + 1 FROM model_versions "
+                                "WHERE project_id = ?", [project_id])
             row = {"project_id": project_id, "version": version, "created_at": time.time(), **fields}
             if isinstance(row.get("class_counts"), dict):
                 row["class_counts"] = json.dumps(row["class_counts"])
             row["id"] = self.db["model_versions"].insert(row).last_pk
         return row
 
+    _VERSION_COLUMNS = ("id, project_id, version, created_at, n_labels, last_event_id, class_counts, "
+                        "train_seconds, weights_path, backbone, n_auto")
+
     def model_versions(self, project_id: int) -> list[dict]:
-        return list(self.db["model_versions"].rows_where("project_id = ?", [project_id],
-                                                         order_by="version"))
+        return self.query(f"SELECT {self._VERSION_COLUMNS} FROM model_versions WHERE project_id = ? "
+                          "ORDER BY version", [project_id])
 
     def latest_model_version(self, project_id: int) -> dict | None:
-        rows = list(self.db["model_versions"].rows_where("project_id = ?", [project_id],
-                                                         order_by="version desc", limit=1))
+        rows = self.query(f"SELECT {self._VERSION_COLUMNS} FROM model_versions WHERE project_id = ? "
+                          "ORDER BY version DESC LIMIT 1", [project_id])
         return rows[0] if rows else None
+
+    def trained_ids(self, model_version_id: int) -> np.ndarray:
+        return _ids(self._one("SELECT train_ids FROM model_versions WHERE id = ?", [model_version_id]))
+
+    def versions_without_evaluation(self, project_id: int) -> list[dict]:
+        return self.query(f"SELECT {self._VERSION_COLUMNS} FROM model_versions m WHERE project_id = ? "
+                          "AND NOT EXISTS (SELECT 1 FROM evaluations e WHERE e.model_version_id = m.id) "
+                          "ORDER BY version", [project_id])
+
+    def weights_paths(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT weights_path FROM model_versions").fetchall()}
+
+    def _insert_evaluation(self, project_id: int, model_version_id: int, summary: dict,
+                           image_ids: Sequence[int], true_class_ids: Sequence[int],
+                           probabilities: np.ndarray) -> int:
+        row = {"project_id": project_id, "model_version_id": model_version_id,
+               "created_at": time.time(),
+               **{k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in summary.items()
+                  if k != "id"}}
+        probabilities = np.asarray(probabilities, dtype=np.float32)
+        eid = self.db["evaluations"].insert(row).last_pk
+        self.db["holdout_predictions"].insert_all(
+            ({"evaluation_id": eid, "image_id": int(i), "class_id": int(c), "probs": p.tobytes()}
+             for i, c, p in zip(image_ids, true_class_ids, probabilities)), batch_size=1000)
+        return eid
 
     def add_evaluation(self, project_id: int, model_version_id: int, summary: dict,
                        image_ids: Sequence[int], true_class_ids: Sequence[int],
                        probabilities: np.ndarray) -> int:
         """Store an evaluation and, per hold-out image, its label and predicted probabilities."""
-        row = {"project_id": project_id, "model_version_id": model_version_id,
-               "created_at": time.time(),
-               **{k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in summary.items()}}
-        probabilities = np.asarray(probabilities, dtype=np.float32)
         with self.transaction():
-            eid = self.db["evaluations"].insert(row).last_pk
-            self.db["holdout_predictions"].insert_all(
-                ({"evaluation_id": eid, "image_id": int(i), "class_id": int(c), "probs": p.tobytes()}
-                 for i, c, p in zip(image_ids, true_class_ids, probabilities)), batch_size=1000)
-        return eid
+            return self._insert_evaluation(project_id, model_version_id, summary, image_ids,
+                                           true_class_ids, probabilities)
 
     def evaluations(self, project_id: int) -> list[dict]:
         rows = list(self.db.query(
             "SELECT e.*, m.version, coalesce(m.n_auto, 0) AS n_auto FROM evaluations e "
             "JOIN model_versions m ON m.id = e.model_version_id "
-            "WHERE e.project_id = ? ORDER BY e.id", [project_id]))
+            "WHERE e.project_id = ? ORDER BY m.version, e.id", [project_id]))
         for row in rows:
             for key in ("per_class", "rules"):
                 row[key] = json.loads(row[key]) if row[key] else None
@@ -418,19 +1081,99 @@ class Store:
         return (np.array(ids), np.array(classes),
                 np.stack([np.frombuffer(p, dtype=np.float32) for p in probs]))
 
+    # -- the log the pages read -----------------------------------------------------------------
+
+    def log(self, project_id: int, kind: str, message: str) -> None:
+        with self.transaction():
+            self.db["project_log"].insert({"project_id": project_id, "kind": kind, "message": message,
+                                           "created_at": time.time()})
+
+    def log_entries(self, project_id: int, kind: str | None = None, limit: int = 20) -> list[dict]:
+        sql, args = "SELECT * FROM project_log WHERE project_id = ?", [project_id]
+        if kind:
+            sql += " AND kind = ?"
+            args.append(kind)
+        return self.query(sql + " ORDER BY id DESC LIMIT ?", [*args, limit])
+
+    # -- backup and restore ---------------------------------------------------------------------
+
+    def backup(self, destination: str | Path) -> Path:
+        """A consistent copy of the whole database taken while others keep writing (SQLite's
+        online backup API); refuses to overwrite an existing file."""
+        destination = Path(destination).expanduser()
+        if destination.exists():
+            raise StoreError(f"'{destination}' exists already; choose a new file for the backup")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        tmp = destination.with_name(destination.name + ".part")
+        target = sqlite3.connect(tmp)
+        try:
+            self.db.conn.backup(target)
+        except sqlite3.Error as exc:
+            target.close()
+            tmp.unlink(missing_ok=True)
+            raise (translate(exc, self.path) or exc) from None
+        target.close()
+        os.replace(tmp, destination)
+        return destination
+
+    def restore(self, source: str | Path) -> None:
+        """Bring a backup back into this database, online (other connections see it at once)."""
+        source = Path(source).expanduser()
+        if not source.is_file():
+            raise StoreError(f"backup '{source}' does not exist")
+        conn = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        try:
+            check = conn.execute("PRAGMA integrity_check").fetchone()[0]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"'{source}' is not a Juicer database: {exc}") from None
+        if check != "ok" or not {"projects", "label_events"} <= tables:
+            conn.close()
+            raise StoreError(f"'{source}' is not a sound Juicer database (integrity: {check})")
+        try:
+            conn.backup(self.db.conn)
+        except sqlite3.Error as exc:
+            raise (translate(exc, self.path) or exc) from None
+        finally:
+            conn.close()
+        self._create_schema()
+
 
 class _Transaction:
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn: sqlite3.Connection, path: str):
         self.conn = conn
+        self.path = path
         self.outer = False
 
     def __enter__(self):
         self.outer = not self.conn.in_transaction
         if self.outer:
-            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise (translate(exc, self.path) or exc) from None
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if self.outer:
-            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        if not self.outer:
+            return False
+        if exc_type:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            if isinstance(exc, sqlite3.Error):
+                storage = translate(exc, self.path)
+                if storage is not None:
+                    raise storage from None
+            return False
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as commit_error:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise (translate(commit_error, self.path) or commit_error) from None
         return False
