@@ -15,11 +15,10 @@ hold-out set, and can be listed and undone.
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 
-from loop.project import Project
+from loop.project import Project, load_head
 
 AUDIT_ORIGIN = "audit"
 
@@ -80,7 +79,6 @@ def threshold_for_precision(y: np.ndarray, probs: np.ndarray, target: float) -> 
 
 def plan(project: Project, target_precision: float) -> dict:
     """Calibrate the latest model and choose its threshold for `target_precision`."""
-    from loop.session import load_head
     from models.heads import SoftmaxHead
 
     version = project.store.latest_model_version(project.id)
@@ -108,8 +106,6 @@ def run(project: Project, target_precision: float, audit_share: float = 0.1,
         rng: np.random.Generator | None = None) -> dict:
     """Auto-accept the unlabeled pool images above the planned threshold; a random
     `audit_share` of them is held back for people (recorded in the audit table)."""
-    from loop.session import load_head
-
     rng = rng or np.random.default_rng()
     chosen = plan(project, target_precision)
     if chosen["threshold"] is None:
@@ -117,11 +113,10 @@ def run(project: Project, target_precision: float, audit_share: float = 0.1,
     store = project.store
     version = store.latest_model_version(project.id)
     labels = store.current_labels(project.id)
-    audited = {r["image_id"] for r in store.db.query("SELECT image_id FROM audits WHERE project_id = ?",
-                                                      [project.id])}
-    leased = {lease["image_id"] for lease in store.leases(project.id)}
+    audited = {r["image_id"] for r in store.audits(project.id)}
+    taken = store.taken_image_ids(project.id)
     pool = [i for i in store.images(project.id, split="pool")
-            if i["id"] not in labels and i["id"] not in audited and i["id"] not in leased]
+            if i["id"] not in labels and i["id"] not in audited and i["id"] not in taken]
     if not pool:
         return {**chosen, "accepted": 0, "audited": 0}
     probs = apply_temperature(load_head(version["weights_path"]).predict_proba(project.embeddings_of(pool)),
@@ -130,25 +125,22 @@ def run(project: Project, target_precision: float, audit_share: float = 0.1,
     n_audit = int(round(audit_share * len(sure)))
     audit = set(rng.choice(sure, size=n_audit, replace=False).tolist()) if n_audit else set()
     accept = [i for i in sure if i not in audit]
-    now = time.time()
     with store.transaction():
         if accept:
             store.add_labels(project.id, [(pool[i]["id"], project.class_rows[int(probs[i].argmax())]["id"])
                                           for i in accept],
                              annotator=f"auto-v{version['version']}", source="auto",
                              origins=["auto"] * len(accept))
-        store.db["audits"].insert_all(
-            {"project_id": project.id, "image_id": pool[i]["id"],
-             "predicted_class_id": project.class_rows[int(probs[i].argmax())]["id"],
-             "model_version": version["version"], "plan": json.dumps(chosen), "created_at": now}
-            for i in audit)
+        store.add_audits(project.id, [
+            {"image_id": pool[i]["id"], "predicted_class_id": project.class_rows[int(probs[i].argmax())]["id"],
+             "model_version": version["version"], "plan": json.dumps(chosen)} for i in audit])
     return {**chosen, "accepted": len(accept), "audited": len(audit)}
 
 
 def audit_report(project: Project) -> dict:
     """Measured precision of auto-accept on the audited images people have labeled since."""
     labels = project.store.current_labels(project.id)
-    rows = list(project.store.db.query("SELECT * FROM audits WHERE project_id = ?", [project.id]))
+    rows = project.store.audits(project.id)
     reviewed = [r for r in rows if r["image_id"] in labels]
     right = sum(labels[r["image_id"]] == r["predicted_class_id"] for r in reviewed)
     promised = [json.loads(r["plan"])["target_precision"] for r in rows]

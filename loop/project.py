@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,31 @@ from loop.store import Store, StoreError
 from models.images import IMAGE_SUFFIXES, ImageError, content_hash, read_bytes
 
 Progress = Callable[[int, int], None]
+
+_heads: OrderedDict[str, object] = OrderedDict()
+_heads_lock = threading.Lock()
+
+
+def load_head(weights_path: str):
+    """A published head, loaded once per process (a version's weights never change once
+    published); the 32 most recently used stay in memory."""
+    from models.heads import SoftmaxHead
+
+    with _heads_lock:
+        if weights_path in _heads:
+            _heads.move_to_end(weights_path)
+            return _heads[weights_path]
+    head = SoftmaxHead.load(weights_path)
+    _remember_head(weights_path, head)
+    return head
+
+
+def _remember_head(weights_path: str, head) -> None:
+    with _heads_lock:
+        _heads[weights_path] = head
+        _heads.move_to_end(weights_path)
+        while len(_heads) > 32:
+            _heads.popitem(last=False)
 
 
 class ProjectError(ValueError):
@@ -218,12 +246,11 @@ class Project:
     # -- heads ------------------------------------------------------------------------------
 
     def current_head(self):
-        from models.heads import SoftmaxHead
-
+        """(the newest published head, its version row), or (None, None) before the first."""
         version = self.store.latest_model_version(self.id)
         if version is None:
             return None, None
-        return SoftmaxHead.load(version["weights_path"]), version
+        return load_head(version["weights_path"]), version
 
     def new_head(self, seed: int | None = None):
         """An untrained head with this project's head settings (HeadSettings names SoftmaxHead's
@@ -233,35 +260,54 @@ class Project:
         return SoftmaxHead(len(self.class_names), seed=self.settings.seed if seed is None else seed,
                            **dataclasses.asdict(self.settings.head))
 
-    def retrain(self, previous=None) -> dict | None:
-        """Train a new head version on every current training label (warm-started from
-        `previous` or the latest version), store it, score it on the hold-out set, store that.
-        Returns the new model version row, or None while fewer than 2 classes have labels."""
-        last_event = self.store.last_event_id(self.id)
-        ids, X, y = self.labeled("pool", up_to_event=last_event)
-        if len(np.unique(y)) < 2:
+    def retrain(self, previous=None, owner: str | None = None, force: bool = False) -> dict | None:
+        """Train a new head on every current training label (warm-started from `previous` or the
+        newest version), score it on the hold-out set, and publish both in one transaction.
+
+        Only the holder of the project's training lease publishes: `owner` is the trainer's
+        name; without one this call takes the lease itself for the length of the retrain. A head
+        that saw no more labels than the newest version is discarded as stale (with `force`, one
+        that saw as many is published). Returns the new version row (with "head" and
+        "evaluation"), or None: fewer than 2 classes labeled, the lease held by another trainer,
+        or a stale result."""
+        own_lease = owner is None
+        if own_lease:
+            owner = f"retrain-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            if not self.store.acquire_training(self.id, owner, seconds=600):
+                return None
+        try:
+            last_event = self.store.last_event_id(self.id)
+            ids, X, y = self.labeled("pool", up_to_event=last_event)
+            if len(np.unique(y)) < 2:
+                return None
+            if previous is None:
+                previous, _ = self.current_head()
+            head = self.new_head()
+            started = time.perf_counter()
+            head.fit(X, y, warm_start=previous)
+            train_seconds = time.perf_counter() - started
+            counts = {self.class_names[c]: int(n) for c, n in zip(*np.unique(y, return_counts=True))}
+            n_auto = len(set(self.store.current_labels(self.id, "pool", last_event, source="auto")))
+            folder = self.paths.heads(self.name)
+            staged = head.save(folder / f"{uuid.uuid4().hex}.tmp.npz")
+            evaluation = self.evaluate(head, len(y))
+            version = self.store.publish_version(
+                self.id, owner, staged,
+                {"n_labels": len(y), "last_event_id": last_event, "class_counts": counts,
+                 "train_seconds": train_seconds, "backbone": self.settings.backbone, "n_auto": n_auto},
+                evaluation=evaluation and {k: evaluation[k] for k in ("summary", "image_ids",
+                                                                      "true_class_ids", "probabilities")},
+                train_ids=ids, force=force)
+        finally:
+            if own_lease:
+                self.store.release_training(self.id, owner)
+        if version is None:
             return None
-        if previous is None:
-            previous, _ = self.current_head()
-        head = self.new_head()
-        started = time.perf_counter()
-        head.fit(X, y, warm_start=previous)
-        train_seconds = time.perf_counter() - started
-        version_number = (self.store.latest_model_version(self.id) or {"version": 0})["version"] + 1
-        weights = head.save(self.paths.heads(self.name) / f"v{version_number:05d}-{time.time_ns()}.npz")
-        counts = {self.class_names[c]: int(n) for c, n in zip(*np.unique(y, return_counts=True))}
-        n_auto = len(set(self.store.current_labels(self.id, "pool", last_event, source="auto")))
-        version = self.store.add_model_version(
-            self.id, n_labels=len(y), last_event_id=last_event, class_counts=counts,
-            train_seconds=train_seconds, weights_path=str(weights), backbone=self.settings.backbone,
-            n_auto=n_auto)
+        _remember_head(version["weights_path"], head)
         version["head"] = head
-        version["evaluation"] = self.score(head, version)
-        if self.settings.auto_accept_precision:
-            from loop import autoaccept
-            version["auto_accept"] = autoaccept.run(
-                self, self.settings.auto_accept_precision, self.settings.audit_share,
-                rng=np.random.default_rng([self.settings.seed, version["version"]]))
+        version["evaluation"] = None
+        if evaluation is not None:
+            version["evaluation"] = {**evaluation["summary"], "id": version["evaluation_id"]}
         return version
 
     def update_settings(self, **changes) -> Settings:
@@ -270,18 +316,51 @@ class Project:
         self.store.update_settings(self.id, self.settings.to_json())
         return self.settings
 
-    def score(self, head, version: dict) -> dict | None:
-        """Evaluate `head` on the labeled hold-out images and store the result (with every
-        hold-out image's probabilities)."""
+    def evaluate(self, head, n_labels: int) -> dict | None:
+        """Score `head` on the labeled hold-out images: {"summary", "image_ids", "true_class_ids",
+        "probabilities"}, or None while the hold-out set has no labels."""
         ids, X, y = self.labeled("holdout")
         if not len(ids):
             return None
         probs = head.predict_proba(X)
         summary = evaluate(y, probs, self.class_names)
-        summary["n_labels"] = version["n_labels"]
-        class_ids = [self.class_rows[c]["id"] for c in y]
-        summary["id"] = self.store.add_evaluation(self.id, version["id"], summary, ids, class_ids, probs)
+        summary["n_labels"] = n_labels
+        return {"summary": summary, "image_ids": ids, "probabilities": probs,
+                "true_class_ids": [self.class_rows[c]["id"] for c in y]}
+
+    def score(self, head, version: dict) -> dict | None:
+        """Evaluate `head` on the hold-out set and store it as `version`'s evaluation."""
+        result = self.evaluate(head, version["n_labels"])
+        if result is None:
+            return None
+        summary = result["summary"]
+        summary["id"] = self.store.add_evaluation(self.id, version["id"], summary, result["image_ids"],
+                                                  result["true_class_ids"], result["probabilities"])
         return summary
+
+    def recover(self) -> dict:
+        """Mend what a killed process left behind (run by the trainer that holds the training
+        lease, when it starts): stray staged weights (`*.tmp.npz`) and weights no version row
+        names are removed; a version stored without its evaluation is scored now."""
+        folder = self.paths.heads(self.name)
+        removed = []
+        if folder.exists():
+            known = {str(Path(p).resolve()) for p in self.store.weights_paths() if p}
+            for path in folder.iterdir():
+                if path.name.endswith(".tmp.npz") or (path.suffix == ".npz"
+                                                      and str(path.resolve()) not in known):
+                    path.unlink(missing_ok=True)
+                    removed.append(path.name)
+        scored = []
+        for version in self.store.versions_without_evaluation(self.id):
+            if not Path(version["weights_path"]).exists():
+                continue
+            if self.score(load_head(version["weights_path"]), version) is not None:
+                scored.append(version["version"])
+        if removed or scored:
+            self.store.log(self.id, "recovered", f"removed {len(removed)} stray weights file(s); "
+                           f"scored version(s) {scored or 'none'} that had no evaluation")
+        return {"removed": removed, "scored": scored}
 
     def status(self) -> dict:
         images = self.store.images(self.id)

@@ -1,6 +1,8 @@
 """What to ask people next: pool images chosen by the project's strategy, with hold-out images
 (drawn at random when the project was made, never by the strategy) interleaved while the hold-out
-set still lacks labels. Each query carries the model's suggestion and which version made it.
+set still lacks labels. Each query carries the model's suggestion and which version made it (none for hold-out and audit
+images). After every new model version the trainer ranks the next `QUEUE_SIZE` images into the
+store (`refresh_queue`), so handing an annotator their next images is a read, not a computation.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import numpy as np
 
 from loop.project import Project
 from loop.strategies import needs, pick
+
+QUEUE_SIZE = 200   # images ranked ahead after each version: a few batches for every annotator
 
 
 @dataclass
@@ -33,8 +37,7 @@ def next_queries(project: Project, n: int, head=None, model_version: int | None 
         head, row = project.current_head()
         model_version = row["version"] if row else None
     labels = project.store.current_labels(project.id)
-    audits = {r["image_id"] for r in project.store.db.query(
-        "SELECT image_id FROM audits WHERE project_id = ?", [project.id])}
+    audits = {r["image_id"] for r in project.store.audits(project.id)}
     unlabeled = [i for i in project.store.images(project.id)
                  if i["id"] not in labels and i["id"] not in exclude]
     # Audits of auto-accept come first (the measured precision is what the lead waits for), but
@@ -70,20 +73,13 @@ def next_queries(project: Project, n: int, head=None, model_version: int | None 
                                n_classes=len(project.class_names))]
         picked_pool = [(pool[i], None if pool_probs is None else pool_probs[i], "strategy") for i in chosen]
         picked_pool += [(pool[i], None if pool_probs is None else pool_probs[i], "control") for i in control]
+    # Hold-out images come without a suggestion anywhere: their answers score the model, and a
+    # suggestion would anchor them to it.
     picked_holdout = [(holdout[i], None, "holdout") for i in rng.permutation(len(holdout))[:n_holdout]]
-    if picked_holdout and head is not None:
-        probs = head.predict_proba(project.embeddings_of([h for h, _, _ in picked_holdout]))
-        picked_holdout = [(h, p, o) for (h, _, o), p in zip(picked_holdout, probs)]
 
     queries: list[Query] = []
-    if audit_first:
-        probs = (head.predict_proba(project.embeddings_of(audit_first)) if head is not None
-                 else [None] * len(audit_first))
-        for image, p in zip(audit_first, probs):
-            queries.append(Query(image["id"], image["path"], image["split"], "audit",
-                                 None if p is None else project.class_names[int(np.argmax(p))],
-                                 None if p is None else float(np.max(p)),
-                                 model_version if p is not None else None))
+    for image in audit_first:   # no suggestion either: the answer measures auto-accept
+        queries.append(Query(image["id"], image["path"], image["split"], "audit", None, None, None))
     while picked_pool or picked_holdout:
         position = len(queries) - len(audit_first)
         take_holdout = picked_holdout and (position % every == every - 1 or not picked_pool)
@@ -94,3 +90,16 @@ def next_queries(project: Project, n: int, head=None, model_version: int | None 
             confidence=None if probs is None else float(np.max(probs)),
             model_version=model_version if probs is not None else None))
     return queries
+
+
+def refresh_queue(project: Project, head=None, model_version: int | None = None,
+                  size: int = QUEUE_SIZE, rng: np.random.Generator | None = None,
+                  exclude: set[int] = frozenset()) -> int:
+    """Rank the next `size` images with the project's strategy (scored by `head`, default the
+    newest version), leaving out `exclude` (images people hold now), and store them as the
+    project's queue. Returns how many were queued."""
+    rng = rng or np.random.default_rng([project.settings.seed, 5, model_version or 0])
+    queries = next_queries(project, size, head=head, model_version=model_version, rng=rng,
+                           exclude=exclude)
+    project.store.replace_queue(project.id, [(q.image_id, q.origin, model_version) for q in queries])
+    return len(queries)

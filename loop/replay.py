@@ -152,7 +152,7 @@ def replay(dataset: str, out: str | Path, strategy: str = "auto", labeler: str =
     truth = {i["id"]: project.class_index[i["known_class_id"]] for i in pool}
     pool_truth_class = {i["id"]: i["known_class_id"] for i in pool}
     rng = np.random.default_rng([seed, 3])
-    trainer = Trainer(project)   # starts from the version trained on the seeds
+    trainer = Trainer(project, rank_queue=False)   # starts from the version trained on the seeds
     spent = 0
     try:
         while spent < budget:

@@ -35,6 +35,9 @@ class Settings:
     seed: int = 0
     # Files and images bigger than these are refused before they are read whole or decoded; a
     # lead raises them for a project that really holds huge scans.
+    overlap_share: float = 0.0        # share of human labels also asked of a second annotator
+    lease_minutes: float = 15.0       # an image shown to someone is theirs this long, renewed while open
+    draft_max_age_seconds: float = 600.0   # answers pending longer are submitted by the trainer
     max_file_mb: float = 100.0
     max_megapixels: float = 50.0
     head: HeadSettings = field(default_factory=HeadSettings)
@@ -50,6 +53,10 @@ class Settings:
             raise ValueError(f"holdout_fraction must lie in (0, 1), got {self.holdout_fraction}")
         if self.holdout_size < 1 or self.batch_size < 1 or self.holdout_every < 1:
             raise ValueError("holdout_size, batch_size and holdout_every must be positive")
+        if not 0 <= self.overlap_share <= 1:
+            raise ValueError(f"overlap_share must lie in [0, 1], got {self.overlap_share}")
+        if self.lease_minutes <= 0 or self.draft_max_age_seconds <= 0:
+            raise ValueError("lease_minutes and draft_max_age_seconds must be positive")
         if self.max_file_mb <= 0 or self.max_megapixels <= 0:
             raise ValueError("max_file_mb and max_megapixels must be positive")
         from loop.strategies import get_strategy

@@ -1,89 +1,183 @@
 """Retraining in the background: callers ask, a worker thread trains, nobody waits.
 
-Requests that arrive while a retrain runs are folded into the next one: the worker always trains
-on every label in the store when it starts, so no confirmed label is ever left out, and a burst of
-batches costs one extra retrain, not one each.
+Every process that serves a project runs one Trainer for it, but only one trains at a time: the
+holder of the project's training lease in the database. Its worker wakes on a request or every
+few seconds, and when the store holds labels past the newest version it takes the lease, trains
+on every label at that moment, and publishes the version and its evaluation in one transaction,
+discarding a result that a newer version overtook. After each version it runs the hooks
+(auto-accept when the project has it on) and ranks the next queue. On start it mends what a
+killed process left (`Project.recover`), and it submits drafts left pending too long.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
+import time
 import traceback
+import uuid
 from collections.abc import Callable
 
-from loop.project import Project
+import numpy as np
+
+from loop.project import Project, load_head
+from loop.queue import refresh_queue
+from loop.store import StorageError
+
+QUEUE_LOW_WATER = 30   # rank the queue again when fewer free images than this are left in it
+
+
+def auto_accept_hook(project: Project, version: dict) -> None:
+    """After each version: auto-accept at the project's promised precision, if it is on."""
+    from loop import autoaccept
+
+    precision = project.settings.auto_accept_precision
+    if precision:
+        version["auto_accept"] = autoaccept.run(
+            project, precision, project.settings.audit_share,
+            rng=np.random.default_rng([project.settings.seed, version["version"]]))
 
 
 class Trainer:
-    """One background worker per project: `ticket = trainer.request()` returns at once;
-    `trainer.wait(ticket)` blocks until a retrain that includes those labels has finished."""
+    """The background trainer of one project in this process: `ticket = trainer.request()`
+    returns at once; `trainer.wait(ticket)` blocks until a published version (by this process or
+    another) covers the labels stored when the ticket was taken, or nothing is left to train."""
 
-    def __init__(self, project: Project, on_version: Callable[[dict], None] | None = None):
+    def __init__(self, project: Project, on_version: Callable[[dict], None] | None = None,
+                 poll_seconds: float = 2.0, lease_seconds: float = 300, rank_queue: bool = True):
         self.project = project
+        self.rank_queue = rank_queue   # a replay asks for its batches itself and needs no queue
         self.on_version = on_version
+        self.poll_seconds = poll_seconds
+        self.lease_seconds = lease_seconds
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.versions: list[dict] = []
         self.errors: list[str] = []
         self._head, row = project.current_head()   # warm-start from what the store already has
         if row is not None:
             self.versions.append({**row, "head": self._head})
         self._condition = threading.Condition()
-        self._requested = 0      # requests made
-        self._started = 0        # requests covered by the retrain running or done
-        self._finished = 0       # requests covered by a finished retrain
+        self._requested = 0
+        self._checked = 0        # every label up to this event id was looked at and trained on
+        self._recovered = False
+        self._queue_ranked_at: int | None = None
         self._stop = False
         self._thread = threading.Thread(target=self._run, name=f"trainer-{project.name}", daemon=True)
         self._thread.start()
 
     def request(self) -> int:
         """Ask for a retrain on every label stored so far; returns a ticket for `wait`."""
+        ticket = self.project.store.last_event_id(self.project.id)
         with self._condition:
-            self._requested += 1
+            self._requested = max(self._requested, ticket)
             self._condition.notify_all()
-            return self._requested
+        return ticket
+
+    def covered(self, ticket: int) -> bool:
+        if self._checked >= ticket:
+            return True
+        latest = self.project.store.latest_model_version(self.project.id)
+        return latest is not None and latest["last_event_id"] >= ticket
 
     def wait(self, ticket: int | None = None, timeout: float | None = None) -> bool:
-        """Block until the retrain covering `ticket` (default: every request so far) finished."""
+        """Block until the labels up to `ticket` (default: every label now) are trained on."""
+        ticket = self.project.store.last_event_id(self.project.id) if ticket is None else ticket
+        deadline = None if timeout is None else time.monotonic() + timeout
+        errors = len(self.errors)
         with self._condition:
-            ticket = self._requested if ticket is None else ticket
-            return self._condition.wait_for(lambda: self._finished >= ticket or self._stop, timeout)
+            while not (self._stop or self.covered(ticket)):
+                if len(self.errors) > errors:
+                    return False   # the retrain failed: see `errors` (and the project log)
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._condition.wait(0.2 if left is None else min(0.2, left))
+            return True
 
     @property
     def latest(self) -> dict | None:
-        """The newest model version this trainer made (with its fitted "head"), if any."""
-        return self.versions[-1] if self.versions else None
+        """The newest published version (with its fitted "head"), by any process."""
+        row = self.project.store.latest_model_version(self.project.id)
+        if row is None:
+            return None
+        if self.versions and self.versions[-1]["id"] == row["id"]:
+            return self.versions[-1]
+        return {**row, "head": load_head(row["weights_path"])}
 
     @property
     def busy(self) -> bool:
-        with self._condition:
-            return self._finished < self._requested
+        return not self.covered(self.project.store.last_event_id(self.project.id,
+                                                                 exclude_sources=("auto",)))
 
     def close(self) -> None:
         with self._condition:
             self._stop = True
             self._condition.notify_all()
         self._thread.join()
+        self.project.store.release_training(self.project.id, self.owner)
 
     def _run(self) -> None:
         while True:
             with self._condition:
-                self._condition.wait_for(lambda: self._requested > self._started or self._stop)
+                self._condition.wait_for(lambda: self._stop or self._requested > self._checked,
+                                         timeout=self.poll_seconds)
                 if self._stop:
                     return
-                # Everything asked for up to now is covered by this retrain.
-                self._started = self._requested
-                covered = self._started
             try:
-                version = self.project.retrain(previous=self._head)
+                self.cycle()
+            except Exception as exc:  # a failed cycle must not kill the worker; it is reported
+                self.errors.append(traceback.format_exc())
+                try:
+                    self.project.store.log(self.project.id, "retrain_failed",
+                                           f"{type(exc).__name__}: {exc}")
+                except StorageError:
+                    pass
+                time.sleep(self.poll_seconds)   # and retried on the next cycle, not in a tight loop
+            with self._condition:
+                self._condition.notify_all()
+
+    def cycle(self) -> dict | None:
+        """One look at the store: submit stale drafts, train if labels are past the newest
+        version, rank the queue if it is missing. Returns the version published, if any."""
+        project, store = self.project, self.project.store
+        target = store.last_event_id(project.id, exclude_sources=("auto",))
+        latest = store.latest_model_version(project.id)
+        stale = store.stale_draft_annotators(project.id, project.settings.draft_max_age_seconds)
+        needs_training = latest is None or latest["last_event_id"] < target
+        needs_queue = (self.rank_queue and self._queue_ranked_at != target
+                       and store.queue_available(project.id) < QUEUE_LOW_WATER)
+        if not (needs_training or needs_queue or stale or not self._recovered):
+            self._checked = max(self._checked, target)
+            return None
+        if not store.acquire_training(project.id, self.owner, self.lease_seconds):
+            return None   # another process trains this project; its versions show up in the store
+        try:
+            if not self._recovered:
+                project.recover()
+                self._recovered = True
+            for annotator in stale:
+                store.submit_drafts(project.id, annotator)
+            target = store.last_event_id(project.id, exclude_sources=("auto",))
+            latest = store.latest_model_version(project.id)
+            version = None
+            if latest is None or latest["last_event_id"] < target:
+                version = project.retrain(previous=self._head, owner=self.owner)
                 if version is not None:
                     self._head = version["head"]
                     self.versions.append(version)
+                    auto_accept_hook(project, version)
                     if self.on_version:
                         self.on_version(version)
-            except Exception:  # a failed retrain must not kill the worker; it is reported
-                self.errors.append(traceback.format_exc())
-            with self._condition:
-                self._finished = covered
-                self._condition.notify_all()
+            if self.rank_queue and (version is not None or needs_queue):
+                head, row = (version["head"], version) if version else project.current_head()
+                refresh_queue(project, head, row and row["version"],
+                              exclude=store.taken_image_ids(project.id))
+                self._queue_ranked_at = target
+            self._checked = max(self._checked, target)
+            return version
+        finally:
+            store.release_training(project.id, self.owner)
 
 
 _trainers: dict[tuple[str, int], Trainer] = {}
