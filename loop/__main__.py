@@ -3,7 +3,8 @@
     python -m loop create birds --folder ~/photos/birds          # one sub-folder per class
     python -m loop create shelf --folder ~/shelf --classes a,b,c # a flat folder, unlabeled
     python -m loop queue birds -n 10
-    python -m loop label birds --annotator ana 17=robin 18=wren
+    python -m loop token create ana --role annotator        # prints ana's token once
+    python -m loop label birds --token TOKEN 17=robin 18=wren
     python -m loop retrain birds
     python -m loop replay --dataset demo --strategy margin --labeler perfect --budget 200 --out runs/a
     python -m loop study --dataset demo --fractions 0.05,0.1,0.25,0.5 --repeats 5 --target 0.9
@@ -99,24 +100,124 @@ def cmd_queue(args) -> int:
     return 0
 
 
+def _person(args, action: str):
+    """The person the command acts as, from --token or $JUICER_TOKEN, allowed `action`."""
+    from loop.people import authenticate, require
+    from loop.project import Paths
+    from loop.store import Store
+
+    token = args.token or os.environ.get("JUICER_TOKEN")
+    if not token:
+        raise PermissionError("give your token with --token or $JUICER_TOKEN (a lead makes one: "
+                              "python -m loop token create NAME --role annotator)")
+    person = authenticate(Store(Paths(Path(args.data)).database), token)
+    if person is None:
+        raise PermissionError("that token is not valid (wrong, or revoked)")
+    return require(person, action)
+
+
 def cmd_label(args) -> int:
+    from loop.session import LabelingSession
+
+    person = _person(args, "label")
     project = _open(args)
     labels = []
     for pair in args.labels:
         image_id, sep, cls = pair.partition("=")
-        if not sep or not image_id.isdigit():
+        if not sep or not image_id.strip().isdigit():
             raise ValueError(f"'{pair}' is not IMAGE_ID=CLASS")
         labels.append((int(image_id), cls or None))
-    project.store.add_labels(project.id, labels, annotator=args.annotator, source="human")
-    print(f"stored {len(labels)} label(s) by {args.annotator}")
+    result = LabelingSession(project, person.name).label_batch(labels)
+    print(f"stored {len(result['labeled'])} label(s) by {person.name}"
+          + (f", retracted {len(result['retracted'])}" if result["retracted"] else ""))
+    for image_id in result["conflicts"]:
+        print(f"  image {image_id}: kept as a conflict for the lead (someone else's label is in force)")
+    for image_id, reason in result["refused"].items():
+        print(f"  image {image_id}: refused: {reason}")
+    return 0 if not result["refused"] else 1
+
+
+def cmd_token(args) -> int:
+    from loop import people
+    from loop.project import Paths
+    from loop.store import Store
+
+    store = Store(Paths(Path(args.data)).database)
+    if args.action == "create":
+        if not args.name or not args.role:
+            raise ValueError("token create NAME --role lead|annotator")
+        token = people.create_token(store, args.name, args.role)
+        print(f"token for {args.name} ({args.role}), shown this once; keep it secret:\n{token}")
+    elif args.action == "revoke":
+        if not args.name:
+            raise ValueError("token revoke NAME")
+        people.revoke(store, args.name)
+        print(f"revoked {args.name}'s token")
+    else:
+        for p in store.people():
+            state = "revoked" if p["revoked_at"] else "active"
+            print(f"{p['name']:<24} {p['role']:<10} {state}")
+    return 0
+
+
+def cmd_conflicts(args) -> int:
+    person = _person(args, "resolve")
+    project = _open(args)
+    store = project.store
+    names = {c["id"]: c["name"] for c in project.class_rows}
+    if args.image is None:
+        rows = store.conflicts(project.id)
+        if not rows:
+            print("no open conflicts")
+        events = store.latest_events(project.id)
+        for c in rows:
+            force = events.get(c["image_id"])
+            label = (f"{names.get(force['class_id'], '-')} by {force['annotator']}" if force else "none")
+            print(f"image {c['image_id']:>6}: {c['annotator']} said {names.get(c['class_id'], '-')}; "
+                  f"in force: {label}; {c['reason']}")
+        return 0
+    if args.send_to:
+        from loop.people import check_person_name
+
+        store.assign(project.id, args.image, check_person_name(args.send_to), by=person.name)
+        print(f"image {args.image} sent to {args.send_to} for a third opinion")
+    elif args.keep:
+        store.resolve_conflict(project.id, args.image, person.name, None, keep=True)
+        print(f"image {args.image}: kept the label in force")
+    elif args.set_class:
+        store.resolve_conflict(project.id, args.image, person.name,
+                               store.class_id(project.id, args.set_class))
+        print(f"image {args.image}: labeled {args.set_class} by {person.name} (review)")
+    else:
+        raise ValueError("say how to resolve it: --keep, --class CLASS or --send-to PERSON")
+    return 0
+
+
+def cmd_backup(args) -> int:
+    from loop.project import Paths
+    from loop.store import Store
+
+    store = Store(Paths(Path(args.data)).database)
+    if args.command == "backup":
+        print(f"backed up {store.path} to {store.backup(args.file)}")
+    else:
+        store.restore(args.file)
+        print(f"restored {store.path} from {args.file}; restart the app to see it everywhere")
     return 0
 
 
 def cmd_retrain(args) -> int:
     project = _open(args)
-    version = project.retrain()
+    version = project.retrain(force=args.force)
     if version is None:
-        print("not trained: fewer than 2 classes have training labels yet")
+        latest = project.store.latest_model_version(project.id)
+        if latest is not None and latest["last_event_id"] >= project.store.last_event_id(project.id):
+            print(f"not trained: model v{latest['version']} already has every label (--force to "
+                  "train again anyway)")
+        elif not project.store.acquire_training(project.id, "cli-probe", seconds=0.001):
+            print("not trained: another process is training this project now")
+        else:
+            print("not trained: fewer than 2 classes have training labels yet")
         return 1
     evaluation = version["evaluation"]
     print(f"model v{version['version']}: {version['n_labels']} labels, "
@@ -250,23 +351,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="demo")
     p.set_defaults(run=cmd_demo)
 
-    for name, run, text in (("status", cmd_status, "counts, skipped files, latest accuracy"),
-                            ("retrain", cmd_retrain, "train a new head now and score it")):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("name")
-        p.set_defaults(run=run)
+    p = sub.add_parser("status", help="counts, skipped files, latest accuracy")
+    p.add_argument("name")
+    p.set_defaults(run=cmd_status)
+
+    p = sub.add_parser("retrain", help="train a new head now and score it")
+    p.add_argument("name")
+    p.add_argument("--force", action="store_true", help="train even if no label is new")
+    p.set_defaults(run=cmd_retrain)
 
     p = sub.add_parser("queue", help="the next images to label, with suggestions")
     p.add_argument("name")
     p.add_argument("-n", type=int, default=10)
     p.set_defaults(run=cmd_queue)
 
-    p = sub.add_parser("label", help="store a batch of labels (one transaction)")
+    p = sub.add_parser("label", help="store a batch of labels (one transaction), as the person "
+                       "whose token is given, under the same rules as the page")
     p.add_argument("name")
-    p.add_argument("--annotator", required=True)
+    p.add_argument("--token", help="your token (default: $JUICER_TOKEN)")
     p.add_argument("labels", nargs="+", metavar="IMAGE_ID=CLASS",
-                   help="IMAGE_ID= with no class retracts that image's label")
+                   help="IMAGE_ID= with no class retracts your own label of that image")
     p.set_defaults(run=cmd_label)
+
+    p = sub.add_parser("token", help="people and their tokens: create NAME --role, list, revoke NAME")
+    p.add_argument("action", choices=("create", "list", "revoke"))
+    p.add_argument("name", nargs="?")
+    p.add_argument("--role", choices=("lead", "annotator"))
+    p.set_defaults(run=cmd_token)
+
+    p = sub.add_parser("conflicts", help="list open conflicts, or resolve one (lead token)")
+    p.add_argument("name")
+    p.add_argument("image", nargs="?", type=int, help="the image to resolve")
+    p.add_argument("--token", help="a lead's token (default: $JUICER_TOKEN)")
+    p.add_argument("--keep", action="store_true", help="keep the label in force")
+    p.add_argument("--class", dest="set_class", help="label it CLASS (a review event)")
+    p.add_argument("--send-to", help="ask PERSON for a third opinion")
+    p.set_defaults(run=cmd_conflicts)
+
+    for name, text in (("backup", "a consistent copy of the database, taken while people work"),
+                       ("restore", "bring a backup back into the database")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("file")
+        p.set_defaults(run=cmd_backup)
 
     p = sub.add_parser("curve", help="write the project's learning curve (CSV and PNG) and forecast it")
     p.add_argument("name")
@@ -345,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (ValueError, KeyError, OSError) as exc:  # our errors say what is wrong and what to do
+        # (PermissionError, a refused role, is an OSError)
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -163,6 +163,41 @@ class LabelingSession:
                            "gave and were kept for the lead to resolve.")
         return result
 
+    def label_batch(self, labels: list[tuple[int, str | None]]) -> dict:
+        """The command line's path through the same rules as the page: each image is leased to
+        me first (refused if another person holds it or has answered it), answered, and the batch
+        submitted at once. `None` retracts my own label in force. Returns {"labeled",
+        "conflicts", "refused": {image id: reason}, "retracted"}."""
+        refused, retracted, conflicts = {}, [], []
+        answers = [(int(i), c) for i, c in labels if c is not None]
+        for image_id, _ in labels:
+            self.store.image(self.project.id, image_id)          # a clear error for a bad id
+        for image_id, class_name in answers:
+            if class_name is not None:
+                self.store.class_id(self.project.id, class_name)  # every class checked first
+        for image_id in [int(i) for i, c in labels if c is None]:
+            try:
+                self.store.retract_own(self.project.id, self.annotator, image_id)
+                retracted.append(image_id)
+            except StoreError as exc:
+                refused[image_id] = str(exc)
+        granted = set(self.store.lease(self.project.id, [i for i, _ in answers], self.annotator,
+                                       self.lease_seconds, origins=["command-line"] * len(answers)))
+        for image_id, class_name in answers:
+            if image_id not in granted:
+                holder = [lease["annotator"] for lease in self.store.leases(self.project.id)
+                          if lease["image_id"] == image_id]
+                refused[image_id] = (f"image {image_id} is with {holder[0]} now" if holder else
+                                     f"image {image_id} has a pending answer by someone else")
+                continue
+            if self.answer(image_id, class_name, submit_full_batch=False).status == "conflict":
+                conflicts.append(image_id)
+        result = self.submit()
+        if (retracted or result["labeled"]) and self.trainer is not None:
+            self.trainer.request()
+        return {"labeled": result["labeled"], "conflicts": conflicts + result["conflicts"],
+                "refused": refused, "retracted": retracted}
+
     # -- grid mode ------------------------------------------------------------------------------
 
     def grid(self, class_name: str, n: int = 12) -> list[Item]:

@@ -755,6 +755,21 @@ class Store:
             self.move_to_front(project_id, target, annotator)
             return target
 
+    def retract_own(self, project_id: int, annotator: str, image_id: int) -> int:
+        """Retract `annotator`'s own label in force on `image_id` (a new event with no class);
+        refused when the label in force is someone else's."""
+        with self.transaction():
+            latest = self._in_force(project_id, int(image_id))
+            if latest is None or latest["class_id"] is None:
+                raise StoreError(f"image {image_id} has no label to retract")
+            if latest["annotator"] != annotator:
+                raise StoreError(f"the label of image {image_id} was given by {latest['annotator']}, "
+                                 "not you; only its author or the lead (through a conflict) changes it")
+            return self.db["label_events"].insert({
+                "project_id": project_id, "image_id": int(image_id), "class_id": None,
+                "annotator": annotator, "source": "human", "created_at": time.time(),
+                "origin": "retract"}).last_pk
+
     # -- conflicts and assignments ------------------------------------------------------------
 
     def conflicts(self, project_id: int, status: str | None = "open",

@@ -1,10 +1,11 @@
 import sqlite3
 import threading
+import time
 
 import numpy as np
 import pytest
 
-from loop.store import Store, StoreError
+from loop.store import StorageError, Store, StoreError
 
 
 @pytest.fixture
@@ -113,3 +114,111 @@ def test_database_survives_reopening(tmp_path):
     store.add_labels(pid, [(store.images(pid)[0]["id"], "a")], "ana", "human")
     conn = sqlite3.connect(path)
     assert conn.execute("select count(*) from label_events").fetchone()[0] == 1
+
+
+# -- publishing, storage failures, backup ---------------------------------------------------------
+
+def staged_file(folder, name="w.tmp.npz"):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_bytes(b"weights")
+    return path
+
+
+def version_fields(last_event_id):
+    return {"n_labels": 1, "last_event_id": last_event_id, "class_counts": {}, "train_seconds": 0.1,
+            "backbone": "b", "n_auto": 0}
+
+
+def test_publish_needs_the_training_lease_and_newer_labels(store, project, tmp_path):
+    heads = tmp_path / "heads"
+    assert store.acquire_training(project, "t1") and not store.acquire_training(project, "t2")
+    assert store.publish_version(project, "t2", staged_file(heads), version_fields(5)) is None
+    first = store.publish_version(project, "t1", staged_file(heads), version_fields(5), train_ids=[3, 4])
+    assert first["version"] == 1 and first["weights_path"].split("/")[-1].startswith("v00001-")
+    # A head trained on fewer labels (a slower trainer that lost the race) is discarded.
+    stale = staged_file(heads, "s.tmp.npz")
+    assert store.publish_version(project, "t1", stale, version_fields(4)) is None
+    assert not stale.exists()
+    assert store.publish_version(project, "t1", staged_file(heads), version_fields(5)) is None
+    second = store.publish_version(project, "t1", staged_file(heads), version_fields(5), force=True)
+    assert second["version"] == 2 and second["weights_path"].split("/")[-1].startswith("v00002-")
+    assert store.trained_ids(first["id"]).tolist() == [3, 4]
+    assert sorted(p.name for p in heads.iterdir()) == sorted(
+        [first["weights_path"].split("/")[-1], second["weights_path"].split("/")[-1]])
+    store.release_training(project, "t1")
+    assert store.acquire_training(project, "t2")
+
+
+def test_a_failed_publish_leaves_neither_row_nor_weights(store, project, tmp_path):
+    heads = tmp_path / "heads"
+    store.acquire_training(project, "t")
+    with pytest.raises(Exception):
+        store.publish_version(project, "t", staged_file(heads), version_fields(1),
+                              evaluation={"summary": {"n_labels": 1}, "image_ids": [999999],
+                                          "true_class_ids": [1], "probabilities": np.ones((1, 3))})
+    assert store.model_versions(project) == [] and list(heads.iterdir()) == []
+
+
+def test_disk_full_is_one_clear_error_and_stores_nothing(store, project):
+    a = image_ids(store, project)[0]
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(StorageError, match="disk holding the database .* is full: nothing"):
+        store.add_labels(project, [(a, "cat")] * 2000, "ana", "human")
+    store.db.execute("PRAGMA max_page_count = 1073741823")
+    assert store.label_events(project) == []
+
+
+def test_read_only_database_is_one_clear_error(store, project):
+    a = image_ids(store, project)[0]
+    store.db.execute("PRAGMA query_only = 1")     # as a read-only file or mount does (root ignores chmod)
+    with pytest.raises(StorageError, match="read-only: nothing from this action was stored"):
+        store.add_labels(project, [(a, "cat")], "ana", "human")
+    store.db.execute("PRAGMA query_only = 0")
+
+
+def test_a_deleted_database_refuses_answers_instead_of_losing_them(tmp_path):
+    path = tmp_path / "gone.db"
+    store = Store(path)
+    pid = store.create_project("p", "/d", "{}", ["a", "b"])
+    store.add_images(pid, [{"path": "x.png", "hash": "h", "split": "pool"}])
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"gone.db{suffix}").unlink(missing_ok=True)
+    with pytest.raises(StorageError, match="was deleted while Juicer ran"):
+        store.add_labels(pid, [(1, "a")], "ana", "human")
+
+
+def test_backup_while_writing_and_restore(tmp_path):
+    path = tmp_path / "live.db"
+    store = Store(path)
+    pid = store.create_project("p", "/d", "{}", ["a", "b"])
+    store.add_images(pid, [{"path": f"{i}.png", "hash": f"h{i}", "split": "pool"} for i in range(50)])
+    ids = image_ids(store, pid)
+    stop = threading.Event()
+
+    def write():
+        writer = Store(path)
+        k = 0
+        while not stop.is_set():
+            writer.add_labels(pid, [(ids[k % 50], "a")], "ana", "human")
+            k += 1
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    time.sleep(0.3)
+    backup = store.backup(tmp_path / "copy.db")
+    stop.set()
+    thread.join()
+    copied = Store(backup)
+    assert copied.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    n_backup = len(copied.label_events(pid))
+    assert 0 < n_backup <= len(store.label_events(pid))
+    with pytest.raises(StoreError, match="exists already"):
+        store.backup(backup)
+    store.add_labels(pid, [(ids[0], "b")], "ben", "human")     # after the backup
+    store.restore(backup)
+    assert len(Store(path).label_events(pid)) == n_backup       # another connection sees it
+    (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoreError, match="not a"):
+        store.restore(tmp_path / "junk.db")
