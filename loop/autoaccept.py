@@ -102,14 +102,9 @@ def plan(project: Project, target_precision: float) -> dict:
             "holdout_precision": float((calibrated.argmax(1) == truth)[covered].mean()) if covered.any() else None}
 
 
-def run(project: Project, target_precision: float, audit_share: float = 0.1,
-        rng: np.random.Generator | None = None) -> dict:
-    """Auto-accept the unlabeled pool images above the planned threshold; a random
-    `audit_share` of them is held back for people (recorded in the audit table)."""
-    rng = rng or np.random.default_rng()
-    chosen = plan(project, target_precision)
-    if chosen["threshold"] is None:
-        return {**chosen, "accepted": 0, "audited": 0}
+def candidates(project: Project, chosen: dict) -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """(free unlabeled pool images, their calibrated probabilities, indices of those at or above
+    the planned threshold) for a plan from `plan`."""
     store = project.store
     version = store.latest_model_version(project.id)
     labels = store.current_labels(project.id)
@@ -117,11 +112,33 @@ def run(project: Project, target_precision: float, audit_share: float = 0.1,
     taken = store.taken_image_ids(project.id)
     pool = [i for i in store.images(project.id, split="pool")
             if i["id"] not in labels and i["id"] not in audited and i["id"] not in taken]
-    if not pool:
-        return {**chosen, "accepted": 0, "audited": 0}
+    if not pool or chosen["threshold"] is None:
+        return pool, np.zeros((len(pool), len(project.class_names))), np.zeros(0, np.int64)
     probs = apply_temperature(load_head(version["weights_path"]).predict_proba(project.embeddings_of(pool)),
                               chosen["temperature"])
-    sure = np.flatnonzero(probs.max(1) >= chosen["threshold"])
+    return pool, probs, np.flatnonzero(probs.max(1) >= chosen["threshold"])
+
+
+def preview(project: Project, target_precision: float, audit_share: float = 0.1) -> dict:
+    """What `run` would do now, without doing it: the plan, and how many images it would label
+    and how many it would send to people as an audit."""
+    chosen = plan(project, target_precision)
+    _, _, sure = candidates(project, chosen)
+    n_audit = int(round(audit_share * len(sure)))
+    return {**chosen, "would_accept": len(sure) - n_audit, "would_audit": n_audit}
+
+
+def run(project: Project, target_precision: float, audit_share: float = 0.1,
+        rng: np.random.Generator | None = None) -> dict:
+    """Auto-accept the unlabeled pool images above the planned threshold; a random
+    `audit_share` of them is held back for people (recorded in the audit table)."""
+    rng = rng or np.random.default_rng()
+    chosen = plan(project, target_precision)
+    pool, probs, sure = candidates(project, chosen)
+    if not len(sure):
+        return {**chosen, "accepted": 0, "audited": 0}
+    store = project.store
+    version = store.latest_model_version(project.id)
     n_audit = int(round(audit_share * len(sure)))
     audit = set(rng.choice(sure, size=n_audit, replace=False).tolist()) if n_audit else set()
     accept = [i for i in sure if i not in audit]

@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["loop.store", "loop.evaluation", "loop.strategies", "loop.embeddings", "loop.autoaccept",
-           "loop.forecast", "models.images", "models.heads", "models.backbones"]
+           "loop.forecast", "loop.agreement", "loop.people", "models.images", "models.heads", "models.backbones"]
 
 
 @pytest.mark.parametrize("name", MODULES)
