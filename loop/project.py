@@ -23,8 +23,8 @@ import numpy as np
 from loop.embeddings import EmbeddingCache, fill_cache
 from loop.evaluation import evaluate
 from loop.settings import Settings
-from loop.store import Store, StoreError
-from models.images import IMAGE_SUFFIXES, ImageError, content_hash, read_bytes
+from loop.store import Store, StoreError, owner_name
+from models.images import IMAGE_SUFFIXES, ImageError, file_hash
 
 Progress = Callable[[int, int], None]
 
@@ -103,6 +103,14 @@ def scan_folder(root: str | Path, labeled: bool
             raise ProjectError(f"folder '{root}' has {len(classes)} class sub-folder(s); a labeled "
                                "project needs one sub-folder per class (at least 2), or give a class "
                                "list for a flat folder of unlabeled images")
+        from loop.paths import UnsafeNameError, check_name
+
+        for name in classes:    # a class name becomes a folder name again on export
+            try:
+                check_name(name, "class sub-folder")
+            except UnsafeNameError as exc:
+                raise ProjectError(f"folder '{root}': {exc}; rename that sub-folder (a class name "
+                                   "is one plain folder name) and try again") from None
         tops = [(root / c, c) for c in classes]
     else:
         classes = []
@@ -184,7 +192,9 @@ class Project:
         backbone = load_backbone(self.settings.backbone)
         items = [(i["hash"], self.root / i["path"]) for i in images if i["hash"] in missing]
         failures = fill_cache(self.cache, items, backbone.embed, backbone.image_size,
-                              on_progress=on_progress)
+                              on_progress=on_progress,
+                              max_pixels=int(self.settings.max_megapixels * 1e6),
+                              max_bytes=int(self.settings.max_file_mb * 2**20))
         for image in images:
             if image["hash"] in failures:
                 self.store.skip_image(image["id"], failures[image["hash"]])
@@ -272,8 +282,8 @@ class Project:
         or a stale result."""
         own_lease = owner is None
         if own_lease:
-            owner = f"retrain-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            if not self.store.acquire_training(self.id, owner, seconds=600):
+            owner = owner_name("retrain")
+            if not self.store.acquire_training(self.id, owner, seconds=300):
                 return None
         try:
             last_event = self.store.last_event_id(self.id)
@@ -385,6 +395,13 @@ def create_project(store: Store, name: str, folder: str | Path, paths: Paths,
                    on_progress: Progress | None = None) -> Project:
     """Register every image under `folder` (hashing each), then embed, draw the hold-out set and
     the seed labels. Files that cannot be read are kept as skipped, with their reason."""
+    from loop.paths import UnsafeNameError, check_name
+
+    for class_name in class_names or ():
+        try:
+            check_name(class_name, "class name")
+        except UnsafeNameError as exc:
+            raise ProjectError(str(exc)) from None
     settings = settings or Settings()
     labeled = class_names is None
     found, folder_classes, refused = scan_folder(folder, labeled)
@@ -400,7 +417,7 @@ def create_project(store: Store, name: str, folder: str | Path, paths: Paths,
         row = {"path": relative, "split": "pool",
                "known_class_id": class_ids[label] if label else None}
         try:
-            row["hash"] = content_hash(read_bytes(root / relative))
+            row["hash"] = file_hash(root / relative, max_bytes=int(settings.max_file_mb * 2**20))
         except ImageError as exc:
             row.update(hash="", status="skipped", reason=str(exc))
         rows.append(row)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import threading
 import time
@@ -170,6 +171,26 @@ class Outcome:
     image_id: int
     message: str = ""
     submitted: bool = False   # set by a session when this answer completed a batch
+
+
+def owner_name(kind: str = "trainer") -> str:
+    """A training-lease owner name that says which process holds it: host:pid:kind-random."""
+    return f"{socket.gethostname()}:{os.getpid()}:{kind}-{uuid.uuid4().hex[:8]}"
+
+
+def _alive(owner: str) -> bool:
+    """False only when `owner` names a process on this host that no longer exists."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _ids(blob: bytes | None) -> np.ndarray:
@@ -544,6 +565,10 @@ class Store:
             self.db.execute("INSERT OR IGNORE INTO receipts (project_id, annotator, uid, created_at, "
                             "outcome) VALUES (?, ?, ?, ?, ?)", [project_id, annotator, uid, time.time(),
                                                                 outcome])
+
+    def record_receipt(self, project_id: int, annotator: str, uid: str, outcome: str) -> None:
+        with self.transaction():
+            self._receipt(project_id, annotator, uid, outcome)
 
     def receipt(self, project_id: int, annotator: str, uid: str) -> dict | None:
         rows = self.query("SELECT * FROM receipts WHERE project_id = ? AND annotator = ? AND uid = ?",
@@ -956,12 +981,14 @@ class Store:
     # -- the training lease: one trainer per project -------------------------------------------
 
     def acquire_training(self, project_id: int, owner: str, seconds: float = 120) -> bool:
-        """Take (or renew) the project's training lease unless another live owner holds it."""
+        """Take (or renew) the project's training lease unless another live owner holds it. An
+        owner named "host:pid:..." whose process on this host is gone holds nothing (a killed
+        trainer must not block training until its lease runs out)."""
         now = time.time()
         with self.transaction():
             row = self.db.execute("SELECT owner, expires_at FROM training_lease WHERE project_id = ?",
                                   [project_id]).fetchone()
-            if row is not None and row[0] != owner and row[1] > now:
+            if row is not None and row[0] != owner and row[1] > now and _alive(row[0]):
                 return False
             self.db.execute("INSERT OR REPLACE INTO training_lease (project_id, owner, expires_at) "
                             "VALUES (?, ?, ?)", [project_id, owner, now + seconds])

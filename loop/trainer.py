@@ -11,19 +11,16 @@ killed process left (`Project.recover`), and it submits drafts left pending too 
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
 import traceback
-import uuid
 from collections.abc import Callable
 
 import numpy as np
 
 from loop.project import Project, load_head
 from loop.queue import refresh_queue
-from loop.store import StorageError
+from loop.store import StorageError, owner_name
 
 QUEUE_LOW_WATER = 30   # rank the queue again when fewer free images than this are left in it
 
@@ -45,13 +42,14 @@ class Trainer:
     another) covers the labels stored when the ticket was taken, or nothing is left to train."""
 
     def __init__(self, project: Project, on_version: Callable[[dict], None] | None = None,
-                 poll_seconds: float = 2.0, lease_seconds: float = 300, rank_queue: bool = True):
+                 poll_seconds: float = 2.0, lease_seconds: float = 300, rank_queue: bool = True,
+                 start: bool = True):
         self.project = project
         self.rank_queue = rank_queue   # a replay asks for its batches itself and needs no queue
         self.on_version = on_version
         self.poll_seconds = poll_seconds
         self.lease_seconds = lease_seconds
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = owner_name("trainer")
         self.versions: list[dict] = []
         self.errors: list[str] = []
         self._head, row = project.current_head()   # warm-start from what the store already has
@@ -64,7 +62,8 @@ class Trainer:
         self._queue_ranked_at: int | None = None
         self._stop = False
         self._thread = threading.Thread(target=self._run, name=f"trainer-{project.name}", daemon=True)
-        self._thread.start()
+        if start:   # start=False: no worker thread; call `cycle()` yourself (tools, tests)
+            self._thread.start()
 
     def request(self) -> int:
         """Ask for a retrain on every label stored so far; returns a ticket for `wait`."""
@@ -114,7 +113,8 @@ class Trainer:
         with self._condition:
             self._stop = True
             self._condition.notify_all()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
         self.project.store.release_training(self.project.id, self.owner)
 
     def _run(self) -> None:
