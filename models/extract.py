@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.images import ImageError, load_image
+from models.images import MAX_PIXELS, ImageError, load_image
 
 
 @dataclass
@@ -29,16 +29,21 @@ class EmbeddedBatch:
 
 
 def decoded_in_order(paths: Sequence[str | Path], size: int, workers: int | None = None,
-                     prefetch: int = 256) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+                     prefetch: int = 256, max_pixels: int | None = MAX_PIXELS,
+                     max_bytes: int | None = None
+                     ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
     """Yield (position, image or None, error or None) for each path, in input order, decoding up
-    to `prefetch` images ahead on `workers` threads."""
+    to `prefetch` images ahead on `workers` threads. Files over `max_bytes` or `max_pixels` are
+    errors, refused before decoding; the full-size pixels in flight on all threads together stay
+    within the process's `DECODE_BUDGET` (see models.images)."""
     workers = workers or min(4, (os.cpu_count() or 2) + 1)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
         pending: deque = deque()
         position = 0
         while position < len(paths) or pending:
             while position < len(paths) and len(pending) < prefetch:
-                pending.append((position, pool.submit(load_image, paths[position], size)))
+                pending.append((position, pool.submit(load_image, paths[position], size,
+                                                      max_pixels, max_bytes)))
                 position += 1
             index, future = pending.popleft()
             try:
@@ -49,10 +54,13 @@ def decoded_in_order(paths: Sequence[str | Path], size: int, workers: int | None
 
 def embed_files(paths: Sequence[str | Path], embed: Callable[[np.ndarray], np.ndarray], size: int,
                 batch_size: int = 8, workers: int | None = None,
-                on_progress: Callable[[int, int], None] | None = None) -> Iterator[EmbeddedBatch]:
+                on_progress: Callable[[int, int], None] | None = None,
+                max_pixels: int | None = MAX_PIXELS, max_bytes: int | None = None
+                ) -> Iterator[EmbeddedBatch]:
     """Embed `paths` with `embed` (a (N, size, size, 3) uint8 -> (N, D) function), batch by batch.
 
-    Files that fail to decode are reported in the batch's `failures`, never raised.
+    Files that fail to decode, or are over `max_bytes` or `max_pixels`, are reported in the
+    batch's `failures`, never raised.
     `on_progress(done, total)` is called after each batch.
     """
     images: list[np.ndarray] = []
@@ -71,7 +79,8 @@ def embed_files(paths: Sequence[str | Path], embed: Callable[[np.ndarray], np.nd
             on_progress(done, len(paths))
         return batch
 
-    for index, image, error in decoded_in_order(paths, size, workers, prefetch=4 * batch_size):
+    for index, image, error in decoded_in_order(paths, size, workers, prefetch=4 * batch_size,
+                                                 max_pixels=max_pixels, max_bytes=max_bytes):
         if image is None:
             failures[index] = error
         else:
