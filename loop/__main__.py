@@ -325,6 +325,84 @@ def cmd_backtest_forecast(args) -> int:
     return 0
 
 
+# -- import roots and export: this shell is trusted with any path, a browser is not -----------
+
+def cmd_roots(args) -> int:
+    from loop.paths import default_import_roots
+    from loop.project import Paths
+    from loop.store import Store
+
+    store = Store(Paths(Path(args.data)).database)
+    defaults = default_import_roots(Path(args.data))
+    if args.action == "list":
+        for root in defaults:
+            print(f"{root}  (default)")
+        for root in store.import_roots():
+            print(root)
+        return 0
+    path = Path(args.path).expanduser()
+    if args.action == "add":
+        if not path.exists():
+            raise ValueError(f"folder '{path}' does not exist; give an existing folder")
+        if not path.is_dir():
+            raise ValueError(f"'{path}' is a file; give the folder to import from")
+        store.add_import_root(str(path.resolve()))
+        print(f"added {path.resolve()}: the browser may now import folders under it")
+        return 0
+    if path.resolve() in defaults:
+        raise ValueError(f"'{path.resolve()}' is a default import root; it cannot be removed")
+    if not (store.remove_import_root(str(path.resolve())) or store.remove_import_root(str(path))):
+        known = ", ".join(store.import_roots()) or "none added"
+        raise ValueError(f"'{path}' is not an added import root (added: {known})")
+    print(f"removed {path.resolve()}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from loop.export import to_csv, to_image_folder, to_json
+
+    project = _open(args)
+    out = Path(args.out).expanduser() if args.out else None
+    if args.format == "imagefolder":
+        if out is None:
+            raise ValueError("--format imagefolder needs --out FOLDER (a new or empty folder)")
+        count = to_image_folder(project, out, on_skip=lambda path, reason: print(
+            f"skipped {reason}", file=sys.stderr))
+        print(f"copied {count} images to {out}")
+        return 0
+    text = to_csv(project) if args.format == "csv" else to_json(project)
+    if out is None:
+        sys.stdout.write(text)
+        return 0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(out, "x", encoding="utf-8", newline="") as f:   # "x": never overwrite
+            f.write(text)
+    except FileExistsError:
+        raise ValueError(f"'{out}' exists already; choose a new file") from None
+    print(f"wrote {out}")
+    return 0
+
+
+def add_path_commands(sub) -> None:
+    p = sub.add_parser("roots", help="the folders a browser may import from: add, list, remove")
+    actions = p.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="the import roots (defaults: <data>/imports, <data>/datasets)")
+    for action, text in (("add", "let the browser import folders under PATH"),
+                         ("remove", "stop the browser importing under PATH")):
+        a = actions.add_parser(action, help=text)
+        a.add_argument("path", metavar="PATH")
+    p.set_defaults(run=cmd_roots)
+
+    p = sub.add_parser("export", help="a project's labels as CSV or JSON, or its images as an "
+                       "ImageFolder tree (one sub-folder per class)")
+    p.add_argument("name")
+    p.add_argument("--format", choices=("csv", "json", "imagefolder"), required=True)
+    p.add_argument("--out", help="file for csv/json (default: stdout); new or empty folder for "
+                   "imagefolder. Never overwritten")
+    p.set_defaults(run=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loop", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -463,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learn the shipped priors on every LCDB curve (loop/forecast_priors.json)")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     p.set_defaults(run=cmd_backtest_forecast)
+    add_path_commands(sub)
     return parser
 
 
