@@ -7,212 +7,60 @@ hold-out gallery), Rules (auto-accept thresholds), Project (create, embed, expor
 
 from __future__ import annotations
 
-import io
 import os
-import time
-from pathlib import Path
+import shutil
+import sys
 
 import numpy as np
 import pandas as pd
 import streamlit as st
-from PIL import Image
 
 from loop import autoaccept
 from loop.benchmark import strategy_versus_control
 from loop.evaluation import risk_coverage
-from loop.export import to_csv, to_image_folder, to_json
+from loop.people import first_start
 from loop.project import Paths, Project, create_project, open_or_create_dataset_project
 from loop.replay import curve_rows, forecast_curve
-from loop.session import LabelingSession
 from loop.settings import Settings
-from loop.store import Store, StoreError
+from loop.store import StoreError
 from loop.study import report, run_study, study_figure
-from loop.trainer import trainer_for
 from models.backbones import BACKBONES
 from models.images import IMAGE_SUFFIXES
+from pages.common import (allowed, data_dir, escape, paths, picture, project_named, reload_project,
+                          sidebar, sign_in_page, signed_in, store)
+from pages.label import label_page
+from pages.team import team_page
 
-DATA_DIR = Path(os.environ.get("JUICER_DATA", "data"))
 DEFAULT_PROJECT = os.environ.get("JUICER_PROJECT", "demo")
 DEFAULT_DATASET = os.environ.get("JUICER_DATASET", "demo")  # a bundled dataset name or labeled folder
-KEYS = [str(k) for k in range(1, 10)] + ["0"]
-
-
-def paths() -> Paths:
-    return Paths(DATA_DIR)
+LARGE_AUTO_ACCEPT = 50   # auto-accepting more images than this at once asks for confirmation
 
 
 def open_demo() -> None:
-    _open_demo(str(DATA_DIR))
+    _open_demo(str(data_dir()))
 
 
 @st.cache_resource(show_spinner=False)
-def _open_demo(data_dir: str) -> None:
-    """Create the demo project on first start, with a progress bar while it embeds."""
+def _open_demo(root: str) -> None:
+    """Create the demo project on first start, with a progress bar while it embeds, and on an
+    empty data root the first lead (its token printed once on the server's console)."""
+    token = first_start(store(), os.environ.get("JUICER_LEAD_TOKEN"))
+    if token and not os.environ.get("JUICER_LEAD_TOKEN"):
+        port = os.environ.get("STREAMLIT_SERVER_PORT", "8501")
+        print(f"\nJuicer: first start on data root '{root}'. The lead's token (shown once; make "
+              f"more with `python -m loop token create NAME --role lead|annotator`):\n\n  {token}\n\n"
+              f"Open http://localhost:{port}/?token={token}\n", file=sys.stderr, flush=True)
     bar = st.progress(0.0, text="Preparing the demo project (first start only)...")
-    open_or_create_dataset_project(DEFAULT_DATASET, Paths(Path(data_dir)), name=DEFAULT_PROJECT,
+    open_or_create_dataset_project(DEFAULT_DATASET, Paths(data_dir()), name=DEFAULT_PROJECT,
                                    on_progress=lambda done, total: bar.progress(
                                        done / max(total, 1), text=f"Embedding images: {done} / {total}"))
     bar.empty()
 
 
-def project_named(name: str) -> Project:
-    return _project(str(DATA_DIR), name)
-
-
-@st.cache_resource(show_spinner=False)
-def _project(data_dir: str, name: str) -> Project:
-    """One Project object per data root and name in this server process."""
-    root = Paths(Path(data_dir))
-    return Project(Store(root.database), name, root)
-
-
-@st.cache_data(max_entries=4096, show_spinner=False)
-def picture(path: str, size: int) -> bytes:
-    """An image scaled for display (small images are enlarged without blurring)."""
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        scale = size / max(img.size)
-        resample = Image.NEAREST if scale > 2 else Image.BILINEAR
-        img = img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale))), resample)
-        buffer = io.BytesIO()
-        img.save(buffer, "PNG")
-        return buffer.getvalue()
-
-
-def sidebar() -> tuple[Project, str]:
-    names = [p["name"] for p in Store(paths().database).projects()]
-    chosen = st.query_params.get("project", DEFAULT_PROJECT)
-    name = st.sidebar.selectbox("Project", names, index=names.index(chosen) if chosen in names else 0)
-    st.query_params["project"] = name
-    # The name lives in the address, so a refresh or a bookmark keeps it.
-    annotator = st.sidebar.text_input("Your name (recorded with every label)",
-                                      value=st.query_params.get("annotator", ""))
-    if annotator.strip():
-        st.query_params["annotator"] = annotator.strip()
-    project = project_named(name)
-    status = project.status()
-    st.sidebar.metric("labeled (training)", status["labeled_pool"])
-    st.sidebar.metric("model versions", status["model_versions"])
-    st.sidebar.metric("hold-out accuracy",
-                      "-" if status["accuracy"] is None else f"{status['accuracy']:.1%}")
-    return project, annotator.strip()
-
-
-# -- Label page ---------------------------------------------------------------------------------
-
-def _act(session: LabelingSession, image_id: int, action: str, class_name: str | None = None) -> None:
-    started = time.perf_counter()
-    try:
-        if action == "answer":
-            if session.answer(image_id, class_name):
-                st.session_state["notice"] = "Batch submitted; the model retrains in the background."
-        elif action == "undo":
-            undone = session.undo()
-            st.session_state["notice"] = "Nothing to undo." if undone is None else "Undone."
-        elif action == "submit":
-            n = len(session.submit())
-            st.session_state["notice"] = f"Submitted {n} label(s); retraining in the background."
-    except StoreError as exc:
-        st.session_state["notice"] = f"Not stored: {exc}"
-    st.session_state["action_started"] = started
-
-
-def _answer_other(session: LabelingSession, image_id: int) -> None:
-    chosen = st.session_state.pop("other", None)
-    if chosen:
-        _act(session, image_id, "answer", chosen)
-
-
-@st.fragment
-def label_one(project: Project, annotator: str) -> None:
-    session = LabelingSession(project, annotator, trainer_for(project))
-    item = session.current()
-    if item is None:
-        st.success("Nothing left to label in this project.")
-        return
-    left, right = st.columns([2, 3])
-    left.image(picture(str(project.root / item.path), 320), width=320)
-    with right:
-        if item.split == "holdout":
-            st.markdown("**Hold-out image**: it scores the model and is never trained on, so "
-                        "no suggestion is shown. Pick its class.")
-        elif item.origin == "audit":
-            st.markdown("**Audit image**: auto-accept would have labeled it; your answer measures "
-                        "how often it is right, so no suggestion is shown. Pick its class.")
-        elif item.suggestion:
-            st.markdown(f"### {item.suggestion}  \n{item.confidence:.0%} confident, suggested by "
-                        f"model v{item.model_version}")
-        else:
-            st.markdown("No model yet: pick the class.")
-        st.button(f"Confirm {item.suggestion or ''} (Enter)", type="primary", shortcut="Enter",
-                  disabled=item.suggestion is None, on_click=_act,
-                  args=(session, item.image_id, "answer", item.suggestion), key="confirm")
-        columns = st.columns(5)
-        for k, name in enumerate(project.class_names[:len(KEYS)]):
-            columns[k % 5].button(f"{KEYS[k]} {name}", shortcut=KEYS[k], on_click=_act,
-                                  args=(session, item.image_id, "answer", name), key=f"class-{k}")
-        if len(project.class_names) > len(KEYS):
-            st.selectbox("Other class", project.class_names[len(KEYS):], index=None, key="other",
-                         on_change=_answer_other, args=(session, item.image_id))
-        a, b, c = st.columns(3)
-        a.button("Skip (S)", shortcut="s", on_click=_act, args=(session, item.image_id, "answer", None))
-        b.button("Undo (U)", shortcut="u", on_click=_act, args=(session, item.image_id, "undo"))
-        c.button("Submit batch now (B)", shortcut="b", on_click=_act, args=(session, item.image_id, "submit"))
-    pending = session.pending()
-    version = session.latest_version()
-    trainer = trainer_for(project)
-    st.caption(f"{len(pending)} of {session.batch_size} answers in this batch (kept if you refresh) · "
-               f"newest model v{version['version'] if version else '-'}"
-               f"{' · retraining…' if trainer.busy else ''}")
-    if "notice" in st.session_state:
-        st.info(st.session_state.pop("notice"))
-    if "action_started" in st.session_state:
-        server_ms = 1000 * (time.perf_counter() - st.session_state.pop("action_started"))
-        st.session_state.setdefault("server_ms", []).append(server_ms)
-        st.caption(f"server time for the last answer: {server_ms:.0f} ms")
-    st.markdown(f'<span id="current-image" data-image="{item.image_id}"></span>', unsafe_allow_html=True)
-
-
-def label_grid(project: Project, annotator: str) -> None:
-    session = LabelingSession(project, annotator, trainer_for(project))
-    name = st.selectbox("Class to confirm", project.class_names)
-    items = session.grid(name, n=12)
-    if not items:
-        st.info("No unlabeled images are predicted as this class (or there is no model yet).")
-        return
-    st.caption("Click the images that are NOT this class, then confirm the rest.")
-    rejected = set()
-    columns = st.columns(6)
-    for k, item in enumerate(items):
-        with columns[k % 6]:
-            st.image(picture(str(project.root / item.path), 120), width=120)
-            if st.checkbox(f"wrong ({item.confidence:.0%})", key=f"reject-{item.image_id}"):
-                rejected.add(item.image_id)
-    if st.button(f"Confirm {len(items) - len(rejected)} as {name}", type="primary"):
-        labeled = session.confirm_grid(name, items, rejected)
-        st.success(f"Labeled {len(labeled)} image(s) as {name}; retraining in the background.")
-        st.rerun()
-
-
-def label_page() -> None:
-    project, annotator = sidebar()
-    st.title(f"Label: {project.name}")
-    if not annotator:
-        st.warning("Enter your name in the sidebar first: every label records who gave it.")
-        return
-    mode = st.radio("Mode", ["One by one", "Grid"], horizontal=True, label_visibility="collapsed")
-    if mode == "One by one":
-        st.caption("Keys: Enter confirms the suggestion · 1-9, 0 pick a class · S skips · U undoes · "
-                   "B submits the batch now")
-        label_one(project, annotator)
-    else:
-        label_grid(project, annotator)
-
-
 # -- Curve page ------------------------------------------------------------------------------
 
 def curve_page() -> None:
-    project, _ = sidebar()
+    project = sidebar(allowed("lead_pages"))
     st.title(f"Learning curve: {project.name}")
     live_curve(project)
     gallery(project)
@@ -230,7 +78,7 @@ def live_curve(project: Project) -> None:
     evaluation = project.store.evaluations(project.id)[-1]
     target = st.slider("Target accuracy", 0.5, 0.99, 0.9, 0.01, key="target")
     points = tuple((r["labels"], r["accuracy"]) for r in rows)
-    forecast = fit_curve(str(DATA_DIR), project.name, len(rows))
+    forecast = fit_curve(str(data_dir()), project.name, len(rows))
     st.pyplot(curve_figure(points, forecast, target), clear_figure=True)
     if forecast is None:
         st.caption("The forecast appears once three retrains at different label counts are scored.")
@@ -248,7 +96,7 @@ def live_curve(project: Project) -> None:
     per_class = pd.DataFrame({"class": list(evaluation["per_class"]),
                               "accuracy": list(evaluation["per_class"].values())})
     per_class = per_class.sort_values("accuracy")
-    comparison = strategy_vs_control(str(DATA_DIR), project.name, rows[-1]["version"])
+    comparison = strategy_vs_control(str(data_dir()), project.name, rows[-1]["version"])
     if comparison:
         st.markdown(f"**Strategy against random, on this project's own labels:** a head trained on "
                     f"{comparison['labels']} of the strategy's picks scores "
@@ -265,14 +113,14 @@ def live_curve(project: Project) -> None:
 @st.cache_data(show_spinner=False, max_entries=16)
 def strategy_vs_control(data_dir: str, name: str, version: int) -> dict | None:
     """Recomputed once per model version (it trains a few small heads)."""
-    return strategy_versus_control(_project(data_dir, name))
+    return strategy_versus_control(project_named(name))
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def fit_curve(data_dir: str, name: str, n_evaluations: int):
     """Refitted once per retrain (keyed by the number of evaluations; about 10 ms)."""
     try:
-        return forecast_curve(_project(data_dir, name))
+        return forecast_curve(project_named(name))
     except ValueError:
         return None
 
@@ -360,7 +208,9 @@ def gallery(project: Project) -> None:
     columns = st.columns(8)
     for k, row in enumerate(shown):
         with columns[k % 8]:
-            st.image(picture(str(project.root / images[int(ids[row])]["path"]), 96), width=96)
+            data = picture(project, images[int(ids[row])]["path"], 96)
+            if data:
+                st.image(data, width=96)
             mark = "✓" if predicted[row] == truth[row] else "✗"
             st.caption(f"{mark} {project.class_names[predicted[row]]} {confidence[row]:.0%}"
                        + ("" if mark == "✓" else f" (is {project.class_names[truth[row]]})"))
@@ -369,7 +219,7 @@ def gallery(project: Project) -> None:
 # -- Rules page ------------------------------------------------------------------------------
 
 def rules_page() -> None:
-    project, _ = sidebar()
+    project = sidebar(allowed("lead_pages"))
     st.title(f"Decision rules: {project.name}")
     evaluations = project.store.evaluations(project.id)
     if not evaluations:
@@ -400,29 +250,54 @@ def rules_page() -> None:
 
 def auto_accept_panel(project: Project) -> None:
     st.subheader("Auto-accept")
+    allowed("auto_accept")
     current = project.settings.auto_accept_precision
     st.caption("Probabilities are calibrated by temperature scaling fitted on the training labels "
                "(cross-validated); the threshold is the lowest one that meets the precision on the "
                "hold-out set. A share of what it would accept goes to people as an audit.")
     target = st.slider("Precision to promise", 0.80, 0.995, float(current or 0.95), 0.005)
     if st.button("Preview the threshold for this precision"):
-        chosen = autoaccept.plan(project, target)
+        chosen = autoaccept.preview(project, target, project.settings.audit_share)
         if chosen["threshold"] is None:
             st.warning(f"No threshold reaches {target:.1%} precision on the hold-out set yet.")
         else:
             st.info(f"Threshold {chosen['threshold']:.3f} (temperature {chosen['temperature']:.2f}): it "
                     f"decides {chosen['holdout_coverage']:.0%} of hold-out images at "
-                    f"{chosen['holdout_precision']:.1%} precision.")
+                    f"{chosen['holdout_precision']:.1%} precision, and would label "
+                    f"{chosen['would_accept']:,} pool image(s) now.")
     a, b, c = st.columns(3)
     if a.button("Turn on (after every retrain)" if not current else f"Change to {target:.1%}"):
-        project.update_settings(auto_accept_precision=target)
-        st.rerun()
+        st.session_state["confirm_auto"] = ("on", target)
     if current and b.button("Turn off"):
         project.update_settings(auto_accept_precision=None)
+        reload_project(project)
         st.rerun()
     if c.button("Auto-accept now"):
-        result = autoaccept.run(project, target, project.settings.audit_share)
-        st.success(f"Accepted {result['accepted']} image(s), sent {result['audited']} to people as an audit.")
+        st.session_state["confirm_auto"] = ("now", target)
+    pending = st.session_state.get("confirm_auto")
+    if pending:
+        kind, chosen_target = pending
+        preview = autoaccept.preview(project, chosen_target, project.settings.audit_share)
+        count = preview["would_accept"]
+        if preview["threshold"] is None:
+            st.warning(f"No threshold reaches {chosen_target:.1%} precision yet: nothing would be "
+                       "labeled.")
+        if count <= LARGE_AUTO_ACCEPT or st.button(
+                f"Yes, label {count:,} image(s) automatically at {chosen_target:.1%}", type="primary"):
+            st.session_state.pop("confirm_auto")
+            if kind == "on":
+                project.update_settings(auto_accept_precision=chosen_target)
+                reload_project(project)
+            result = autoaccept.run(project, chosen_target, project.settings.audit_share)
+            st.success(f"Accepted {result['accepted']:,} image(s), sent {result['audited']} to people "
+                       "as an audit." + (" It runs again after every retrain." if kind == "on" else ""))
+        else:
+            st.warning(f"This would label **{count:,}** image(s) with no person looking at them "
+                       f"(and send {preview['would_audit']} to people as an audit). Confirm below, "
+                       "or move the slider.")
+            if st.button("Cancel"):
+                st.session_state.pop("confirm_auto")
+                st.rerun()
     report = autoaccept.audit_report(project)
     accepted = autoaccept.auto_accepted(project)
     st.markdown(f"Auto-accept is **{'on at ' + format(current, '.1%') if current else 'off'}**. "
@@ -436,44 +311,51 @@ def auto_accept_panel(project: Project) -> None:
 
 # -- Project page ----------------------------------------------------------------------------
 
-def save_uploads(project_name: str, uploads) -> Path:
-    """Write uploaded files under <data>/uploads/<project>/ (file names only, never paths)."""
-    if not project_name:
-        raise ValueError("give the project a name first")
-    folder = DATA_DIR / "uploads" / project_name
-    if folder.exists():
-        raise ValueError(f"uploads for '{project_name}' already exist in {folder}; choose another name")
-    folder.mkdir(parents=True)
-    for k, upload in enumerate(uploads):
-        (folder / f"{k:05d}-{Path(upload.name).name}").write_bytes(upload.getvalue())
-    return folder
-
-
 def project_page() -> None:
-    project, _ = sidebar()
+    person = allowed("create_project")
+    project = sidebar(person)
     st.title("Projects")
     status = project.status()
-    st.markdown(f"**{project.name}**: {status['images']} images in `{status['root']}`, backbone "
-                f"{status['backbone']}, classes {', '.join(status['classes'])}.")
+    st.markdown(f"**{escape(project.name)}**: {status['images']} images in `{status['root']}`, backbone "
+                f"{status['backbone']}, classes {escape(', '.join(status['classes']))}.")
     if status["skipped"]:
         with st.expander(f"{len(status['skipped'])} file(s) skipped, and why"):
             st.dataframe(pd.DataFrame(status["skipped"], columns=["file", "reason"]), hide_index=True)
+    export_panel(project)
+    create_panel()
+    people_panel(person)
+
+
+def export_panel(project: Project) -> None:
+    from loop.export import to_csv, to_image_folder, to_json
+    from loop.paths import export_folder
+
+    allowed("export")
     a, b = st.columns(2)
     a.download_button("Labels as CSV", to_csv(project), f"{project.name}-labels.csv", "text/csv")
     b.download_button("Labels as JSON", to_json(project), f"{project.name}-labels.json", "application/json")
     with st.form("export"):
-        target = st.text_input("Copy labeled images to a folder on the server (ImageFolder layout)")
-        if st.form_submit_button("Export ImageFolder copy") and target:
+        name = st.text_input(f"Copy the labeled images, one folder per class, into a new folder "
+                             f"under {data_dir() / 'exports'} (a folder name, not a path)")
+        if st.form_submit_button("Export ImageFolder copy") and name:
             try:
+                target = export_folder(data_dir(), name.strip())
                 st.success(f"Copied {to_image_folder(project, target)} images to {target}.")
             except (ValueError, OSError) as exc:
                 st.error(str(exc))
 
+
+def create_panel() -> None:
+    from loop.paths import import_roots, resolve_import_folder, save_uploads
+
+    roots = import_roots(data_dir(), store())
     st.subheader("New project from a folder on the server, or from uploaded images")
+    st.caption("Folders are imported only from under: " + ", ".join(f"`{r}`" for r in roots)
+               + ". Someone with a shell on the server adds a folder with `python -m loop roots add PATH`.")
     with st.form("create"):
         name = st.text_input("Name (letters, digits, - and _)")
-        folder = st.text_input("Folder on the server (leave empty to upload images instead)")
-        uploads = st.file_uploader("Images to upload (a flat, unlabeled set: give the class names)",
+        folder = st.text_input("Folder (under one of those; a relative path is taken under the first)")
+        uploads = st.file_uploader("Or images to upload (a flat, unlabeled set: give the class names)",
                                    type=sorted(s.lstrip(".") for s in IMAGE_SUFFIXES),
                                    accept_multiple_files=True)
         classes = st.text_input("Class names, comma-separated (only for a flat folder of unlabeled "
@@ -481,29 +363,78 @@ def project_page() -> None:
         backbone = st.selectbox("Backbone", list(BACKBONES))
         seeds = st.slider("Seed labels per class", 1, 3, 1)
         if st.form_submit_button("Create and embed"):
-            bar = st.progress(0.0, text="Embedding...")
+            if not folder.strip() and not uploads:
+                st.error("Choose a folder or upload images.")
+                return
+            uploaded = None
             try:
+                settings = Settings(backbone=backbone, seeds_per_class=seeds)
                 if uploads and not folder.strip():
-                    folder = str(save_uploads(name.strip(), uploads))
+                    where = uploaded = save_uploads(data_dir() / "uploads", name.strip(),
+                                                    [(u.name, u.getvalue()) for u in uploads],
+                                                    max_bytes=int(settings.max_file_mb * 2**20))
+                else:
+                    where = resolve_import_folder(folder.strip(), roots)
+                bar = st.progress(0.0, text="Embedding...")
                 created = create_project(
-                    Store(paths().database), name.strip(), folder.strip(), paths(),
+                    store(), name.strip(), where, paths(),
                     class_names=[c.strip() for c in classes.split(",") if c.strip()] or None,
-                    settings=Settings(backbone=backbone, seeds_per_class=seeds),
+                    settings=settings,
                     on_progress=lambda done, total: bar.progress(done / max(total, 1),
                                                                  text=f"Embedding {done} / {total}"))
                 st.query_params["project"] = created.name
-                st.success(f"Created {created.name}: {created.status()['images']} images.")
+                st.success(f"Created {escape(created.name)}: {created.status()['images']} images.")
             except (ValueError, OSError) as exc:
+                if uploaded is not None and not any(p["name"] == name.strip() for p in store().projects()):
+                    shutil.rmtree(uploaded, ignore_errors=True)   # no project: the upload goes too
                 st.error(str(exc))
+
+
+def people_panel(person) -> None:
+    from loop import people
+
+    allowed("people")
+    st.subheader("People")
+    rows = store().people()
+    st.dataframe(pd.DataFrame([{"name": p["name"], "role": p["role"],
+                                "token": "revoked" if p["revoked_at"] else "active"} for p in rows]),
+                 hide_index=True)
+    with st.form("new-person"):
+        a, b = st.columns(2)
+        name = a.text_input("Name")
+        role = b.selectbox("Role", people.ROLES[::-1])
+        if st.form_submit_button("Create a token"):
+            try:
+                token = people.create_token(store(), name.strip(), role)
+                st.success(f"Token for {escape(name.strip())} ({role}); it is shown this once, give it "
+                           "to them privately:")
+                st.code(token, language=None)
+            except StoreError as exc:
+                st.error(str(exc))
+    active = [p["name"] for p in rows if not p["revoked_at"] and p["name"] != person.name]
+    if active:
+        with st.form("revoke"):
+            name = st.selectbox("Revoke the token of", active)
+            if st.form_submit_button("Revoke"):
+                people.revoke(store(), name)
+                st.success(f"Revoked {escape(name)}'s token: it stops working at once.")
 
 
 def main() -> None:
     st.set_page_config(page_title="Juicer", layout="wide")
     open_demo()
-    st.navigation([st.Page(label_page, title="Label", default=True),
-                   st.Page(curve_page, title="Curve", url_path="curve"),
-                   st.Page(rules_page, title="Rules", url_path="rules"),
-                   st.Page(project_page, title="Project", url_path="project")]).run()
+    person = signed_in()
+    if person is None:
+        pages = [st.Page(sign_in_page, title="Sign in", default=True)]
+    elif person.role == "lead":
+        pages = [st.Page(label_page, title="Label", default=True),
+                 st.Page(curve_page, title="Curve", url_path="curve"),
+                 st.Page(rules_page, title="Rules", url_path="rules"),
+                 st.Page(team_page, title="Team", url_path="team"),
+                 st.Page(project_page, title="Project", url_path="project")]
+    else:   # an annotator sees the Label page only
+        pages = [st.Page(label_page, title="Label", default=True)]
+    st.navigation(pages).run()
 
 
 if __name__ == "__main__":  # `streamlit run app.py`; tests import the pages one by one

@@ -138,6 +138,53 @@ class LabelingSession:
             outcome.submitted = True
         return outcome
 
+    def apply(self, answers: list[dict]) -> dict:
+        """Apply answers sent by the browser, each {"uid", "image_id", "action": "answer" | "skip" |
+        "undo" | "submit", "class"}, in order, each at most once (by uid, across reconnects).
+        Returns {"acked": [uids stored or settled], "refused": {uid: reason}, "notes": [...]}:
+        the browser stops re-sending both, and shows the refusals and notes."""
+        acked, refused, notes = [], {}, []
+        for a in answers:
+            uid = str(a.get("uid") or "")
+            if not uid:
+                continue
+            done = self.store.receipt(self.project.id, self.annotator, uid)
+            if done is not None:
+                (refused.__setitem__(uid, "refused before") if done["outcome"] == "refused"
+                 else acked.append(uid))
+                continue
+            action = a.get("action")
+            try:
+                image_id = None if a.get("image_id") is None else int(a["image_id"])
+                if action in ("answer", "skip"):
+                    if image_id is None:
+                        raise StoreError("an answer must name its image")
+                    outcome = self.answer(image_id, a.get("class") if action == "answer" else None, uid=uid)
+                    if outcome.status in ("conflict", "dropped"):
+                        notes.append(outcome.message)
+                    if outcome.submitted:
+                        notes.append("Batch submitted; the model retrains in the background.")
+                elif action == "undo":
+                    undone = self.undo(image_id)
+                    self.store.record_receipt(self.project.id, self.annotator, uid, "undo")
+                    if undone is None:
+                        notes.append("Nothing to undo.")
+                elif action == "submit":
+                    result = self.submit()
+                    self.store.record_receipt(self.project.id, self.annotator, uid, "submit")
+                    notes.append(f"Submitted {len(result['labeled'])} label(s); retraining in the "
+                                 "background.")
+                else:
+                    raise StoreError(f"unknown action {action!r}")
+                acked.append(uid)
+            except (StoreError, ValueError, TypeError) as exc:
+                refused[uid] = str(exc)
+                self.store.record_receipt(self.project.id, self.annotator, uid, "refused")
+        if self.notice:
+            notes.append(self.notice)
+            self.notice = None
+        return {"acked": acked, "refused": refused, "notes": notes}
+
     def undo(self, image_id: int | None = None) -> int | None:
         """Take back my last answer (walking back through earlier ones on each call): an
         unsubmitted one is dropped; a submitted one is undone by a new event restoring the label

@@ -76,7 +76,7 @@ SCHEMA = {
     # When each image was last handed to each person: an answer is accepted only for an image
     # shown to its annotator, and checked against what others did to the image since.
     "shown": ({"project_id": int, "image_id": int, "annotator": str, "shown_at": float,
-               "skipped": int},
+               "skipped": int, "skipped_at": float},
               {"pk": ("project_id", "image_id", "annotator")}),
     # Answers given but not yet submitted: kept in the database so a refresh loses none.
     "drafts": ({"project_id": int, "annotator": str, "image_id": int, "class_id": int,
@@ -681,8 +681,9 @@ class Store:
             for d in drafts:
                 image_id = d["image_id"]
                 if d["skipped"]:
-                    self.db.execute("UPDATE shown SET skipped = 1 WHERE project_id = ? AND image_id = ? "
-                                    "AND annotator = ?", [project_id, image_id, annotator])
+                    self.db.execute("UPDATE shown SET skipped = 1, skipped_at = ? WHERE project_id = ? "
+                                    "AND image_id = ? AND annotator = ?",
+                                    [time.time(), project_id, image_id, annotator])
                     continue
                 since = self._others_since(project_id, image_id, annotator, d["shown_at"] or 0)
                 if since is not None:
@@ -756,6 +757,18 @@ class Store:
                 "SELECT * FROM label_events e WHERE project_id = ? AND annotator = ? AND source = 'human' "
                 "AND undoes IS NULL AND NOT EXISTS (SELECT 1 FROM label_events u WHERE u.project_id = "
                 "e.project_id AND u.undoes = e.id) ORDER BY id DESC LIMIT 1", [project_id, annotator])
+            skip = self.query("SELECT * FROM shown WHERE project_id = ? AND annotator = ? AND "
+                              "skipped = 1 ORDER BY skipped_at DESC LIMIT 1", [project_id, annotator])
+            if skip and (not standing or skip[0]["skipped_at"] > standing[0]["created_at"]):
+                target = skip[0]["image_id"]      # the last answer was a submitted skip
+                if image_id is not None and target != int(image_id):
+                    raise StoreError(f"your last answer is for image {target}, not {image_id}")
+                self.db.execute("UPDATE shown SET skipped = 0 WHERE project_id = ? AND image_id = ? "
+                                "AND annotator = ?", [project_id, target, annotator])
+                if not self.lease(project_id, [target], annotator, lease_seconds):
+                    raise StoreError(f"image {target} is with someone else now; undo was not done")
+                self.move_to_front(project_id, target, annotator)
+                return target
             if not standing:
                 return None
             event = standing[0]

@@ -264,3 +264,15 @@ def test_lead_resolves_a_conflict_with_a_review_event(project):
 def test_reserved_and_bad_annotator_names_are_refused(project, name):
     with pytest.raises(StoreError):
         LabelingSession(project, name)
+
+
+def test_undo_takes_back_a_submitted_skip_too(project):
+    session = LabelingSession(project, "ana", batch_size=2)
+    one = session.current()
+    session.answer(one.image_id, "Cat")
+    two = session.current()
+    session.answer(two.image_id, None)                       # a skip completes the batch
+    assert session.pending() == []
+    assert session.undo(two.image_id) == two.image_id        # the skip, not the label before it
+    assert session.current().image_id == two.image_id
+    assert session.undo() == one.image_id

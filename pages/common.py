@@ -1,0 +1,174 @@
+"""What every page shares: the data root, who is signed in and what their role allows, the
+project chosen in the sidebar, and images scaled for display. Thin: decisions live in `loop/`."""
+
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from loop.people import Person, PermissionDenied, authenticate, require
+from loop.project import Paths, Project
+from loop.store import Store, StoreError
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("JUICER_DATA", "data"))
+
+
+def paths() -> Paths:
+    return Paths(data_dir())
+
+
+def store() -> Store:
+    return _store(str(data_dir()))
+
+
+@st.cache_resource(show_spinner=False)
+def _store(root: str) -> Store:
+    return Store(Paths(Path(root)).database)
+
+
+def project_named(name: str) -> Project:
+    return _project(str(data_dir()), name)
+
+
+@st.cache_resource(show_spinner=False)
+def _project(root: str, name: str) -> Project:
+    """One Project object per data root and name in this server process."""
+    where = Paths(Path(root))
+    return Project(Store(where.database), name, where)
+
+
+def reload_project(project: Project) -> Project:
+    """The cached project with its settings read again (after a change of settings)."""
+    _project.clear()
+    return project_named(project.name)
+
+
+COOKIE = "juicer_token"
+# Keeps the sign-in in a cookie of this site, so a reload or another page of the app stays signed
+# in: set after signing in, cleared on signing out. Streamlit reads it back with the page request
+# (`st.context.cookies`), before anything is drawn. SameSite=Strict: never sent by other sites.
+_KEEPER = st.components.v2.component("juicer.sign_in_keeper", js="""
+export default function keeper({ data }) {
+  if (data && data.set) {
+    document.cookie = `juicer_token=${encodeURIComponent(data.set)}; path=/; max-age=2592000; SameSite=Strict`;
+  }
+  if (data && data.clear) {
+    document.cookie = "juicer_token=; path=/; max-age=0; SameSite=Strict";
+  }
+}
+""")
+
+
+def signed_in() -> Person | None:
+    """The person whose token this browser session holds, checked against the store on every
+    run (a revoked token stops working at once). A token arriving in the address (`?token=`, the
+    link printed at first start) is taken and removed from the address at once; a token kept in
+    this site's cookie signs a reloaded page in again."""
+    token = st.query_params.get("token")
+    if token:
+        st.session_state["token"] = token
+        del st.query_params["token"]
+    if "token" not in st.session_state and not st.session_state.get("signed_out"):
+        kept = st.context.cookies.get(COOKIE)
+        if kept:
+            st.session_state["token"] = kept
+            st.session_state["cookie_set"] = kept
+    try:
+        person = authenticate(store(), st.session_state.get("token"))
+    except StoreError as exc:
+        st.error(str(exc))
+        st.stop()
+    token = st.session_state.get("token")
+    if person is not None and st.session_state.get("cookie_set") != token:
+        _KEEPER(key="sign-in-keeper", data={"set": token}, height=0)
+        st.session_state["cookie_set"] = token
+    elif person is None and st.session_state.get("signed_out"):
+        _KEEPER(key="sign-in-keeper", data={"clear": True}, height=0)
+    return person
+
+
+def allowed(action: str) -> Person:
+    """The signed-in person if their role allows `action`; otherwise say why and stop the page."""
+    try:
+        return require(signed_in(), action)
+    except PermissionDenied as exc:
+        st.error(f"Refused: {exc}.")
+        st.stop()
+
+
+def sign_in_page() -> None:
+    st.title("Juicer")
+    st.markdown("Sign in with the token your lead gave you (a lead makes one with "
+                "`python -m loop token create NAME --role annotator`).")
+    with st.form("sign-in"):
+        token = st.text_input("Token", type="password")
+        if st.form_submit_button("Sign in", type="primary"):
+            if authenticate(store(), token.strip()) is None:
+                st.error("That token is not valid (wrong, or revoked).")
+            else:
+                st.session_state["token"] = token.strip()
+                st.session_state.pop("signed_out", None)
+                st.rerun()
+
+
+def sign_out() -> None:
+    st.session_state.pop("token", None)
+    st.session_state.pop("cookie_set", None)
+    st.session_state["signed_out"] = True     # and the cookie is cleared on the next run
+
+
+def sidebar(person: Person) -> Project:
+    """The project chooser and who is signed in; returns the chosen project."""
+    names = [p["name"] for p in store().projects()]
+    if not names:
+        st.info("No project yet.")
+        st.stop()
+    chosen = st.query_params.get("project", names[0])
+    name = st.sidebar.selectbox("Project", names, index=names.index(chosen) if chosen in names else 0)
+    st.query_params["project"] = name
+    st.sidebar.caption(f"Signed in as **{escape(person.name)}** ({person.role})")
+    st.sidebar.button("Sign out", on_click=sign_out)
+    project = project_named(name)
+    failure = last_failure(project)
+    if failure:
+        st.sidebar.error(failure)
+    return project
+
+
+def last_failure(project: Project) -> str | None:
+    """The newest failed background retrain, if no version was published since."""
+    failed = project.store.log_entries(project.id, "retrain_failed", limit=1)
+    latest = project.store.latest_model_version(project.id)
+    if failed and (latest is None or failed[0]["created_at"] > latest["created_at"]):
+        return f"The last background retrain failed: {failed[0]['message']}"
+    return None
+
+
+def escape(text: str) -> str:
+    """Text from users or folders, safe inside markdown (no markup, no links, no HTML)."""
+    text = html.escape(str(text), quote=False)
+    for ch in "\\`*_{}[]()#+-.!|~>":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def picture(project: Project, path: str, size: int) -> bytes | None:
+    """An image of the project scaled for display (never decoded at full size more than needed,
+    refused past the project's pixel limit); None with the reason shown if it cannot be read."""
+    try:
+        return _picture(str(project.root / path), size, int(project.settings.max_megapixels * 1e6))
+    except ValueError as exc:
+        st.caption(f"cannot show {escape(path)}: {escape(exc)}")
+        return None
+
+
+@st.cache_data(max_entries=4096, show_spinner=False)
+def _picture(path: str, size: int, max_pixels: int) -> bytes:
+    from models.images import thumbnail
+
+    return thumbnail(path, size, max_pixels=max_pixels)

@@ -1,0 +1,105 @@
+"""The Team page (leads): answers kept as conflicts, each settled by keeping the label in force,
+taking another answer, or sending the image to a third person; and how well people agree on the
+images they labeled twice. The reads are `loop.team`; settling is `Store.resolve_conflict`."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from loop import team
+from loop.store import StoreError
+from pages.common import allowed, escape, picture, sidebar, store
+
+
+def team_page() -> None:
+    person = allowed("resolve")
+    project = sidebar(person)
+    st.title(f"Team: {project.name}")
+    conflicts_panel(project, person)
+    agreement_panel(project)
+
+
+def conflicts_panel(project, person) -> None:
+    rows = team.open_conflicts(project)
+    st.subheader(f"Conflicts ({len(rows)} image(s))")
+    if not rows:
+        st.caption("No open conflicts: every answer so far agreed with the label in force, or was "
+                   "the first one.")
+        return
+    st.caption("An answer becomes a conflict instead of the label when the image was someone "
+               "else's by then, or when it disagrees with another person's label. The label in "
+               "force stays until you decide.")
+    people = [p["name"] for p in store().people() if not p["revoked_at"]]
+    for row in rows[:50]:
+        image_id = row["image_id"]
+        with st.container(border=True):
+            left, right = st.columns([1, 4])
+            data = picture(project, row["path"], 120)
+            if data:
+                left.image(data, width=120)
+            with right:
+                force = (f"**{escape(row['in_force'])}** by {escape(row['in_force_by'])}"
+                         if row["in_force"] else "no label")
+                st.markdown(f"`{escape(row['path'])}` ({row['split']}): in force {force}")
+                for answer in row["answers"]:
+                    st.markdown(f"- {escape(answer['annotator'])} said **{escape(answer['class'])}**: "
+                                f"{escape(answer['reason'])}")
+                if row["sent_to"]:
+                    st.caption(f"sent to {escape(row['sent_to'])} for a third opinion")
+                choices = list(dict.fromkeys([c for c in [row["in_force"]] +
+                                              [a["class"] for a in row["answers"]] if c]))
+                columns = st.columns(len(choices) + 2)
+                for k, choice in enumerate(choices):
+                    if columns[k].button(f"Label it {choice}", key=f"take-{image_id}-{k}"):
+                        _settle(project, person, image_id, choice)
+                other = columns[-2].selectbox("Another class", [c for c in project.class_names
+                                                                if c not in choices],
+                                              index=None, key=f"other-{image_id}")
+                if other:
+                    _settle(project, person, image_id, other)
+                send = columns[-1].selectbox("Send to", [p for p in people if p != person.name],
+                                             index=None, key=f"send-{image_id}")
+                if send:
+                    try:
+                        project.store.assign(project.id, image_id, send, by=person.name)
+                        st.rerun()
+                    except StoreError as exc:
+                        st.error(str(exc))
+
+
+def _settle(project, person, image_id: int, class_name: str) -> None:
+    try:
+        project.store.resolve_conflict(project.id, image_id, person.name,
+                                       project.store.class_id(project.id, class_name))
+        st.toast(f"Image {image_id} labeled {class_name}.")
+        st.rerun()
+    except StoreError as exc:
+        st.error(str(exc))
+
+
+def agreement_panel(project) -> None:
+    st.subheader("Agreement")
+    report = team.agreement(project)
+    if not report.get("items"):
+        st.caption("No image has answers from two people yet. Set the project's overlap share "
+                   "(for example 0.1) to have some images labeled twice on purpose.")
+        return
+    fleiss = report.get("fleiss")
+    st.markdown(f"**{report['items']}** image(s) answered by two or more people"
+                + (f"; Fleiss' kappa **{fleiss:.2f}**" if fleiss is not None else "") + ".")
+    if report.get("pairs"):
+        st.markdown("**Per pair** (Cohen's kappa)")
+        st.dataframe(pd.DataFrame([{"pair": " & ".join(p["raters"]), "images": p["items"],
+                                    "agree": f"{p['agreement']:.0%}",
+                                    "kappa": "-" if p["kappa"] is None else f"{p['kappa']:.2f}"}
+                                   for p in report["pairs"]]), hide_index=True)
+    if report.get("classes"):
+        st.markdown("**Per class** (how often two people agree when one of them chose it)")
+        st.dataframe(pd.DataFrame([{"class": c["class"], "images": c.get("items"),
+                                    "agreement": "-" if c.get("agreement") is None
+                                    else f"{c['agreement']:.0%}"} for c in report["classes"]]),
+                     hide_index=True)
+    worst = report.get("worst")
+    if worst:
+        st.markdown(f"Disagrees with the others' majority most: **{escape(worst)}**.")
