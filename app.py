@@ -22,7 +22,7 @@ from loop.people import first_start
 from loop.project import Paths, Project, create_project, open_or_create_dataset_project
 from loop.replay import curve_rows, forecast_curve
 from loop.settings import Settings
-from loop.store import StoreError
+from loop.store import StorageError, StoreError
 from loop.study import report, run_study, study_figure
 from models.backbones import BACKBONES
 from models.images import IMAGE_SUFFIXES
@@ -46,7 +46,7 @@ def _open_demo(root: str) -> None:
     empty data root the first lead (its token printed once on the server's console)."""
     token = first_start(store(), os.environ.get("JUICER_LEAD_TOKEN"))
     if token and not os.environ.get("JUICER_LEAD_TOKEN"):
-        port = os.environ.get("STREAMLIT_SERVER_PORT", "8501")
+        port = st.get_option("server.port")
         print(f"\nJuicer: first start on data root '{root}'. The lead's token (shown once; make "
               f"more with `python -m loop token create NAME --role lead|annotator`):\n\n  {token}\n\n"
               f"Open http://localhost:{port}/?token={token}\n", file=sys.stderr, flush=True)
@@ -322,8 +322,38 @@ def project_page() -> None:
         with st.expander(f"{len(status['skipped'])} file(s) skipped, and why"):
             st.dataframe(pd.DataFrame(status["skipped"], columns=["file", "reason"]), hide_index=True)
     export_panel(project)
+    settings_panel(project)
     create_panel()
     people_panel(person)
+
+
+# What a lead may change from the browser, with the words shown beside each.
+EDITABLE = {
+    "batch_size": ("Answers per batch (one retrain each)", int),
+    "overlap_share": ("Share of labels also asked of a second person (0 to 1)", float),
+    "lease_minutes": ("Minutes an image shown to someone stays theirs", float),
+    "draft_max_age_seconds": ("Seconds before pending answers are submitted by the trainer", float),
+    "max_file_mb": ("Largest file accepted, MB", float),
+    "max_megapixels": ("Largest image accepted, megapixels", float),
+}
+
+
+def settings_panel(project: Project) -> None:
+    allowed("settings")
+    with st.expander("Settings of this project"):
+        with st.form("settings"):
+            values = {key: st.number_input(text, value=kind(getattr(project.settings, key)),
+                                           key=f"setting-{key}")
+                      for key, (text, kind) in EDITABLE.items()}
+            strategy = st.text_input("Query strategy", project.settings.strategy)
+            if st.form_submit_button("Save settings"):
+                try:
+                    changed = {k: EDITABLE[k][1](v) for k, v in values.items()}
+                    project.update_settings(strategy=strategy.strip(), **changed)
+                    reload_project(project)
+                    st.success("Saved.")
+                except (ValueError, TypeError) as exc:
+                    st.error(f"Not saved: {exc}")
 
 
 def export_panel(project: Project) -> None:
@@ -434,7 +464,10 @@ def main() -> None:
                  st.Page(project_page, title="Project", url_path="project")]
     else:   # an annotator sees the Label page only
         pages = [st.Page(label_page, title="Label", default=True)]
-    st.navigation(pages).run()
+    try:
+        st.navigation(pages).run()
+    except StorageError as exc:    # disk full, read-only, a deleted database: said once, plainly
+        st.error(str(exc))
 
 
 if __name__ == "__main__":  # `streamlit run app.py`; tests import the pages one by one

@@ -209,20 +209,23 @@ class Store:
         else:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._shared = None
+        self._ready = False
         try:
             self._create_schema()
         except sqlite3.Error as exc:
             raise (translate(exc, self.path) or exc) from None
+        self._ready = True
 
     @property
     def db(self) -> sqlite_utils.Database:
         if self._shared is not None:
             return self._shared
         db = getattr(self._local, "db", None)
-        if db is not None and self._identity() != self._local.identity:
-            # The file was deleted (or replaced) under us: writing on would go to a dead WAL and
-            # be lost when the process ends, so every call fails loudly instead.
-            if not os.path.exists(self.path):
+        identity = self._identity()
+        if (db is not None and identity != self._local.identity) or (self._ready and identity is None):
+            # The file was deleted (or replaced) under us: writing on would go to a dead WAL (or a
+            # new empty file) and be lost, so every call fails loudly instead.
+            if identity is None:
                 raise StorageError(f"the database '{self.path}' was deleted while Juicer ran: "
                                    "nothing from this action was stored. Restore it with "
                                    "`python -m loop restore BACKUP` and restart the app")

@@ -103,8 +103,9 @@ def allowed(action: str) -> Person:
 
 def sign_in_page() -> None:
     st.title("Juicer")
-    st.markdown("Sign in with the token your lead gave you (a lead makes one with "
-                "`python -m loop token create NAME --role annotator`).")
+    st.markdown("Sign in with the token your lead gave you (a lead makes one on the Project page, "
+                "or with `python -m loop token create NAME --role annotator`). On a new install, the "
+                "first lead's token is printed in the terminal where Juicer was started.")
     with st.form("sign-in"):
         token = st.text_input("Token", type="password")
         if st.form_submit_button("Sign in", type="primary"):

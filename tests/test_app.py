@@ -261,3 +261,32 @@ def test_curve_page_forecasts_and_runs_the_study(tmp_path, monkeypatch, demo_pro
     assert not at.exception
     report = " ".join(t.value for t in at.text)
     assert "forecast at the full pool" in report and "measured at the full pool" in report
+
+
+def test_lead_changes_settings_and_a_bad_value_is_refused(app, tmp_path):
+    app.run()
+    at = page("project_page").run()
+    field = next(n for n in at.number_input if n.label.startswith("Share of labels"))
+    field.set_value(0.25)
+    button(at, "Save settings").click().run()
+    assert "Saved." in texts(at)
+    assert open_project(tmp_path).settings.overlap_share == 0.25
+    at = page("project_page").run()
+    next(n for n in at.number_input if n.label.startswith("Share of labels")).set_value(3.0)
+    button(at, "Save settings").click().run()
+    assert "Not saved: overlap_share must lie in [0, 1]" in texts(at)
+    assert open_project(tmp_path).settings.overlap_share == 0.25
+
+
+def test_a_deleted_database_is_said_plainly_and_nothing_is_accepted(app, tmp_path):
+    at = app.run()
+    at.text_input[0].input(LEAD)
+    button(at, "Sign in").click().run()
+    shown = window_of(at)
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"juicer.db{suffix}").unlink(missing_ok=True)
+    at.session_state[widget_key(at)] = {"answers": [{"uid": "d1", "image_id": shown[0],
+                                                     "action": "answer", "class": "Cow"}]}
+    at.run()
+    assert not at.exception
+    assert any("was deleted while Juicer ran" in e.value for e in at.error)
