@@ -23,13 +23,15 @@ HOSTILE_NAMES = ["", "   ", " lead", "trail ", "x" * 101, "a/b", "a\\b", ".", ".
 
 
 def tree(folder: Path) -> dict[str, bytes | None]:
-    """Every path under `folder` (links not followed) with the bytes of each file."""
+    """Every path under `folder` (links not followed) with the bytes of each file; a database's
+    own files are listed without their bytes (SQLite checkpoints its log whenever it likes)."""
     found = {}
     for dirpath, dirnames, filenames in os.walk(folder):
         for name in dirnames + filenames:
             path = Path(dirpath) / name
+            database = ".db" in path.name
             found[str(path.relative_to(folder))] = (
-                path.read_bytes() if path.is_file() and not path.is_symlink() else None)
+                path.read_bytes() if path.is_file() and not path.is_symlink() and not database else None)
     return found
 
 
