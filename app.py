@@ -312,7 +312,7 @@ def auto_accept_panel(project: Project) -> None:
 # -- Project page ----------------------------------------------------------------------------
 
 def project_page() -> None:
-    person = allowed("create_project")
+    person = allowed("lead_pages")
     project = sidebar(person)
     st.title("Projects")
     status = project.status()
@@ -378,6 +378,7 @@ def export_panel(project: Project) -> None:
 def create_panel() -> None:
     from loop.paths import import_roots, resolve_import_folder, save_uploads
 
+    allowed("create_project")
     roots = import_roots(data_dir(), store())
     st.subheader("New project from a folder on the server, or from uploaded images")
     st.caption("Folders are imported only from under: " + ", ".join(f"`{r}`" for r in roots)

@@ -144,7 +144,10 @@ def resolve_import_folder(folder: str, roots: Sequence[Path]) -> Path:
                               "type it again")
     real_roots = [Path(r).resolve() for r in roots]
     path = Path(folder)
-    resolved = (path if path.is_absolute() else real_roots[0] / path).resolve()
+    try:
+        resolved = (path if path.is_absolute() else real_roots[0] / path).resolve()
+    except (RuntimeError, OSError):   # a symlink loop (RuntimeError before Python 3.13)
+        raise UnsafePathError(f"folder {_shown(folder)} is a symbolic link that loops") from None
     if not any(resolved.is_relative_to(r) for r in real_roots):
         raise UnsafePathError(
             f"folder {_shown(folder)} is outside the folders this server imports from "

@@ -34,7 +34,7 @@ ACTIONS = {
     "settings": "changing project settings",
     "auto_accept": "auto-accept",
     "resolve": "resolving conflicts",
-    "lead_pages": "the lead pages",
+    "lead_pages": "opening the lead pages",
     "people": "managing people and tokens",
 }
 ALLOWED = {"lead": set(ACTIONS), "annotator": {"label"}}

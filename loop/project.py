@@ -123,7 +123,19 @@ def scan_folder(root: str | Path, labeled: bool
                 if path.suffix.lower() not in IMAGE_SUFFIXES or filename.startswith("."):
                     continue
                 relative = path.relative_to(root).as_posix()
-                if not path.resolve().is_relative_to(root):
+                try:
+                    relative.encode("utf-8")
+                except UnicodeEncodeError:   # bytes that are no text: shown, never stored as is
+                    shown = os.fsencode(relative).decode("utf-8", "backslashreplace")
+                    refused.append((shown, f"the file name '{shown}' is not valid UTF-8 text; "
+                                           "rename the file"))
+                    continue
+                try:
+                    inside = path.resolve().is_relative_to(root)
+                except (RuntimeError, OSError):   # a symlink loop (RuntimeError before 3.13)
+                    refused.append((relative, f"'{relative}' is a symbolic link that loops; refused"))
+                    continue
+                if not inside:
                     refused.append((relative, f"'{relative}' leads outside the project folder "
                                               f"'{root}'; refused"))
                     continue
@@ -407,23 +419,26 @@ def create_project(store: Store, name: str, folder: str | Path, paths: Paths,
     found, folder_classes, refused = scan_folder(folder, labeled)
     classes = folder_classes if labeled else list(dict.fromkeys(class_names))
     root = Path(folder).expanduser().resolve()
-    try:
-        project_id = store.create_project(name, str(root), settings.to_json(), classes)
-    except StoreError as exc:
-        raise ProjectError(str(exc)) from None
-    class_ids = {c["name"]: c["id"] for c in store.classes(project_id)}
     rows = []
-    for relative, label in found:
-        row = {"path": relative, "split": "pool",
-               "known_class_id": class_ids[label] if label else None}
+    for relative, label in found:   # hashed before anything is stored: a bad file costs nothing
+        row = {"path": relative, "split": "pool", "label": label}
         try:
             row["hash"] = file_hash(root / relative, max_bytes=int(settings.max_file_mb * 2**20))
         except ImageError as exc:
             row.update(hash="", status="skipped", reason=str(exc))
         rows.append(row)
-    rows += [{"path": p, "split": "pool", "hash": "", "status": "skipped", "reason": reason}
-             for p, reason in refused]
-    store.add_images(project_id, rows)
+    rows += [{"path": p, "split": "pool", "label": None, "hash": "", "status": "skipped",
+              "reason": reason} for p, reason in refused]
+    try:
+        with store.transaction():   # the project and its images, or nothing
+            project_id = store.create_project(name, str(root), settings.to_json(), classes)
+            class_ids = {c["name"]: c["id"] for c in store.classes(project_id)}
+            for row in rows:
+                label = row.pop("label")
+                row["known_class_id"] = class_ids[label] if label else None
+            store.add_images(project_id, rows)
+    except StoreError as exc:
+        raise ProjectError(str(exc)) from None
     project = Project(store, name, paths)
     project.prepare(on_progress)
     return project

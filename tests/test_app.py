@@ -129,8 +129,8 @@ def test_annotator_sees_only_the_label_page_and_lead_pages_refuse(app, tmp_path)
     at.query_params["token"] = ana
     at.run()
     assert at.title[0].value == "Label: demo" and "Signed in as **ana** (annotator)" in texts(at)
-    for name, refused in [("curve_page", "the lead pages"), ("rules_page", "the lead pages"),
-                          ("team_page", "resolving conflicts"), ("project_page", "creating a project")]:
+    for name, refused in [("curve_page", "opening the lead pages"), ("rules_page", "opening the lead pages"),
+                          ("team_page", "resolving conflicts"), ("project_page", "opening the lead pages")]:
         at = page(name, token=ana).run()
         assert not at.exception
         assert f"Refused: ana is an annotator: {refused} needs the lead role" in texts(at), name

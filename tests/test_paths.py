@@ -333,3 +333,34 @@ def test_roots_command_errors(tmp_path, capsys, argv, message):
     assert main(["--data", str(tmp_path / "data"), "roots", *argv]) == 2
     assert message in capsys.readouterr().err
     assert Store(Paths(tmp_path / "data").database).import_roots() == []
+
+
+def test_symlink_loops_and_undecodable_names_are_refused_not_raised(tmp_path, demo_project, shared_cache):
+    """Found by bench/hostile.py: a looping link stopped the whole import with a RuntimeError, and
+    a file name that is not UTF-8 left a project with no images behind."""
+    import shutil
+
+    from loop.paths import resolve_import_folder
+    from loop.project import create_project
+    from loop.store import Store
+
+    root = tmp_path / "animals"
+    for name in ("Cat", "Cow"):
+        (root / name).mkdir(parents=True)
+        for source in sorted((demo_project.root / name).glob("*.png"))[:3]:
+            shutil.copy(source, root / name / source.name)
+    (root / "Cat" / "loop.png").symlink_to("loop.png")
+    (root / "Cat" / "a.png").symlink_to("b.png")
+    (root / "Cat" / "b.png").symlink_to("a.png")
+    shutil.copy(next((root / "Cow").glob("*.png")), os.fsencode(root / "Cow") + b"/\xff\xfe.png")
+    paths = Paths(tmp_path / "data", cache_dir=shared_cache)
+    project = create_project(Store(paths.database), "hostile", root, paths)
+    reasons = dict(project.status()["skipped"])
+    assert "loops" in reasons["Cat/loop.png"] and "loops" in reasons["Cat/a.png"]
+    assert any("not valid UTF-8" in r for r in reasons.values())
+    assert project.status()["images"] == 6 and len(reasons) == 4       # the good ones still came in
+    imports = tmp_path / "data" / "imports"
+    imports.mkdir(parents=True, exist_ok=True)
+    (imports / "loop-link").symlink_to("loop-link")
+    with pytest.raises(UnsafePathError, match="loops"):
+        resolve_import_folder("loop-link", [imports])
