@@ -26,8 +26,8 @@ from loop.store import StorageError, StoreError
 from loop.study import report, run_study, study_figure
 from models.backbones import BACKBONES
 from models.images import IMAGE_SUFFIXES
-from pages.common import (allowed, data_dir, escape, paths, picture, project_named, reload_project,
-                          sidebar, sign_in_page, signed_in, store)
+from pages.common import (allowed, data_dir, escape, keep_signed_in, paths, picture, project_named,
+                          reload_project, sidebar, sign_in_page, signed_in, store)
 from pages.label import label_page
 from pages.team import team_page
 
@@ -455,6 +455,7 @@ def main() -> None:
     st.set_page_config(page_title="Juicer", layout="wide")
     open_demo()
     person = signed_in()
+    keep_signed_in(person)
     if person is None:
         pages = [st.Page(sign_in_page, title="Sign in", default=True)]
     elif person.role == "lead":

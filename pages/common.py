@@ -77,19 +77,22 @@ def signed_in() -> Person | None:
         kept = st.context.cookies.get(COOKIE)
         if kept:
             st.session_state["token"] = kept
-            st.session_state["cookie_set"] = kept
     try:
         person = authenticate(store(), st.session_state.get("token"))
     except StoreError as exc:
         st.error(str(exc))
         st.stop()
-    token = st.session_state.get("token")
-    if person is not None and st.session_state.get("cookie_set") != token:
-        _KEEPER(key="sign-in-keeper", data={"set": token}, height=0)
-        st.session_state["cookie_set"] = token
-    elif person is None and st.session_state.get("signed_out"):
-        _KEEPER(key="sign-in-keeper", data={"clear": True}, height=0)
     return person
+
+
+def keep_signed_in(person: Person | None) -> None:
+    """Write (or clear, after signing out) the sign-in cookie; once per run, from `main`. Drawn on
+    every run, not only when it changes: a component drawn in one run only may be gone before the
+    browser ran it."""
+    if person is not None:
+        _KEEPER(key="sign-in-keeper", data={"set": st.session_state["token"]}, height=0)
+    elif st.session_state.get("signed_out"):
+        _KEEPER(key="sign-in-keeper", data={"clear": True}, height=0)
 
 
 def allowed(action: str) -> Person:
@@ -119,7 +122,6 @@ def sign_in_page() -> None:
 
 def sign_out() -> None:
     st.session_state.pop("token", None)
-    st.session_state.pop("cookie_set", None)
     st.session_state["signed_out"] = True     # and the cookie is cleared on the next run
 
 

@@ -158,7 +158,8 @@ def test_fast_keys_answer_the_image_on_screen_in_the_real_app(server, tmp_path):
 
         # A batch of 10 was submitted on its own; the head retrains in the background and the
         # lead pages show it.
-        page.goto(url + "/curve")
+        page.wait_for_function("() => document.cookie.includes('juicer_token=')", timeout=30_000)
+        page.goto(url + "/curve")          # a new page load: signed in again from the cookie
         page.get_by_text("hold-out accuracy with").wait_for(timeout=120_000)
         settle(page)
         page.screenshot(path=str(tmp_path / "curve.png"), full_page=True)
@@ -176,10 +177,21 @@ def test_fast_keys_answer_the_image_on_screen_in_the_real_app(server, tmp_path):
         other = browser.new_context()
         page = other.new_page()
         page.goto(url + f"/?token={ana}", timeout=120_000)
-        page.get_by_text("Signed in as").wait_for(timeout=60_000)
+        try:
+            page.get_by_text("Signed in as").wait_for(timeout=60_000)
+        finally:
+            page.screenshot(path=str(tmp_path / "annotator.png"), full_page=True)
         assert page.get_by_text("Curve").count() == 0 and page.get_by_text("Team").count() == 0
-        page.goto(url + "/team")
-        page.get_by_text("Signed in as").wait_for(timeout=60_000)
+        page.wait_for_function("() => document.cookie.includes('juicer_token=')", timeout=30_000)
+        page.goto(url + "/team")           # typed into the address: not theirs (a new session,
+        # signed in again from the cookie)
+        page.get_by_text("Label: demo").wait_for(timeout=60_000)
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(tmp_path / "annotator-team.png"), full_page=True)
         assert page.get_by_text("Conflicts").count() == 0
-        page.screenshot(path=str(tmp_path / "annotator.png"), full_page=True)
+        page.keyboard.press("Escape")                           # close "Page not found"
+        page.get_by_role("button", name="Sign out").click()    # and the cookie goes too
+        page.wait_for_function("() => !document.cookie.includes('juicer_token=')", timeout=30_000)
+        page.goto(url)
+        page.get_by_role("button", name="Sign in").wait_for(timeout=60_000)
         browser.close()
