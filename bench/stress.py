@@ -163,8 +163,9 @@ def app_server(root: Path, cache: Path, port: int, log):
          "false", "--server.fileWatcherType", "none"], cwd=REPO, env=env, stdout=log, stderr=log)
 
 
-def browser_bot(url: str, token: str, seconds: float, out: str) -> None:
-    """Press Enter on the page as fast as it moves on, for `seconds` (a person on each server)."""
+def browser_bot(url: str, token: str, stop: str, out: str, seconds: float = 3600) -> None:
+    """Press Enter on the page every 300 ms until the file `stop` exists (a person on each
+    server, labeling for as long as the annotator processes do)."""
     import shutil
 
     from playwright.sync_api import sync_playwright
@@ -178,7 +179,7 @@ def browser_bot(url: str, token: str, seconds: float, out: str) -> None:
         page.goto(f"{url}/?token={token}&project=team", timeout=300_000)
         page.locator("[data-image-id]").first.wait_for(timeout=300_000)
         end = time.time() + seconds
-        while time.time() < end:
+        while time.time() < end and not Path(stop).exists():
             page.keyboard.press("Enter")
             presses += 1
             page.wait_for_timeout(300)
@@ -232,9 +233,13 @@ def run(annotators: int, labels: int, dataset: str, app_servers: int, data_dir: 
                 except OSError:
                     time.sleep(0.5)
         for k, (process, url, token) in enumerate(servers):
-            bots.append(ctx.Process(target=browser_bot, args=(url, token, 60.0, str(work / f"bot{k}.json"))))
+            bots.append(ctx.Process(target=browser_bot, args=(url, token, str(work / "stop"),
+                                                              str(work / f"bot{k}.json"))))
             bots[-1].start()
-    for p in procs + bots:
+    for p in procs:
+        p.join()
+    (work / "stop").touch()
+    for p in bots:
         p.join()
     for process, _, _ in servers:
         process.terminate()

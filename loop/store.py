@@ -131,6 +131,9 @@ INDEXES = [
     ("model_versions", ["project_id", "version"], True),
     ("evaluations", ["project_id", "model_version_id"], False),
     ("conflicts", ["project_id", "status"], False),
+    ("conflicts", ["project_id", "image_id"], False),
+    ("drafts", ["project_id", "image_id"], False),
+    ("shown", ["project_id", "annotator", "skipped"], False),
     ("queue_items", ["project_id", "position"], False),
     ("people", ["token_hash"], True),
 ]
@@ -492,9 +495,11 @@ class Store:
     # -- leases and what each person was shown ------------------------------------------------
 
     def lease(self, project_id: int, image_ids: Sequence[int], annotator: str,
-              seconds: float = 900, origins: Sequence[str] | None = None) -> list[int]:
+              seconds: float = 900, origins: Sequence[str] | None = None, limit: int | None = None,
+              unlabeled: set[int] = frozenset()) -> list[int]:
         """Lease the images to `annotator` for `seconds`, skipping any another annotator holds or
-        has a pending answer for (atomically: two annotators asking at once never both get one).
+        has a pending answer for, and those in `unlabeled` that got a label meanwhile
+        (atomically: two annotators asking at once never both get one), at most `limit` of them.
         Each granted image counts as shown to them now. Returns those granted."""
         now = time.time()
         granted = []
@@ -504,6 +509,12 @@ class Store:
                              "AND annotator = ?", [project_id, annotator])
             for image_id, origin in zip(image_ids, origins):
                 image_id = int(image_id)
+                if limit is not None and len(granted) >= limit:
+                    break
+                if image_id in unlabeled:
+                    force = self._in_force(project_id, image_id)
+                    if force is not None and force["class_id"] is not None:
+                        continue
                 holder = self.db.execute(
                     "SELECT annotator, leased_at FROM leases WHERE project_id = ? AND image_id = ? "
                     "AND expires_at > ?", [project_id, image_id, now]).fetchone()
@@ -930,40 +941,63 @@ class Store:
         opinion = ("NOT EXISTS (SELECT 1 FROM label_events e WHERE e.project_id = i.project_id AND "
                    "e.image_id = i.id AND e.annotator = ?) AND " + answered)
         base = [project_id, now, annotator]
-        with self.transaction():
-            picked: list[tuple[int, str]] = []
+        # Candidates are read outside the write lock (with slack: some may be taken meanwhile);
+        # `lease` then grants up to n of them in one short transaction, checking each again.
+        slack = 2 * n
+        picked: list[tuple[int, str]] = []
 
-            def take(sql: str, args: list) -> None:
-                for image_id, origin in self.db.execute(sql + " LIMIT ?", [*args, n]).fetchall():
-                    if len(picked) < n and image_id not in {p for p, _ in picked}:
-                        picked.append((image_id, origin))
+        def take(sql: str, args: list) -> None:
+            seen = {p for p, _ in picked}
+            for image_id, origin in self.db.execute(sql + " LIMIT ?", [*args, slack]).fetchall():
+                if len(picked) < slack and image_id not in seen:
+                    picked.append((image_id, origin))
+                    seen.add(image_id)
 
-            take(f"SELECT i.id, 'third-opinion' FROM images i JOIN assignments a ON a.project_id = "
-                 f"i.project_id AND a.image_id = i.id WHERE {free} AND a.annotator = ? AND {opinion} "
-                 f"ORDER BY a.created_at", [*base, annotator, annotator, annotator])
-            if overlap_share > 0 and len(picked) < n:
-                # Second opinions on human labels: the share is chosen by a hash of the image id,
-                # so every process agrees on which images get one.
-                take(f"SELECT i.id, 'overlap' FROM images i WHERE {free} AND {opinion} AND "
-                     "((i.id * 2654435761 + ?) % 4294967296) < ? AND (SELECT count(DISTINCT annotator) "
-                     "FROM label_events e WHERE e.project_id = i.project_id AND e.image_id = i.id AND "
-                     "e.source = 'human') = 1 AND EXISTS (SELECT 1 FROM label_events e WHERE "
-                     "e.project_id = i.project_id AND e.image_id = i.id AND e.source = 'human' AND "
-                     "e.class_id IS NOT NULL AND e.id = (SELECT max(id) FROM label_events f WHERE "
-                     "f.project_id = i.project_id AND f.image_id = i.id)) ORDER BY i.id",
-                     [*base, annotator, annotator, overlap_seed, int(overlap_share * 4294967296)])
-            if len(picked) < n:
-                take(f"SELECT i.id, q.origin FROM images i JOIN queue_items q ON q.project_id = "
-                     f"i.project_id AND q.image_id = i.id WHERE {free} AND {unlabeled} AND {answered} "
-                     f"ORDER BY q.position", [*base, annotator])
-            if len(picked) < n:
-                take(f"SELECT i.id, 'fallback' FROM images i WHERE {free} AND {unlabeled} AND {answered} "
-                     "AND NOT EXISTS (SELECT 1 FROM queue_items q WHERE q.project_id = i.project_id AND "
-                     "q.image_id = i.id) ORDER BY random()", [*base, annotator])
-            if not picked:
-                return []
-            return self.lease(project_id, [p for p, _ in picked], annotator, seconds,
-                              origins=[o for _, o in picked])
+        # CROSS JOIN: SQLite takes the tables in the order written, so the few assignments or
+        # queued images drive the query, not a scan of every image.
+        take(f"SELECT i.id, 'third-opinion' FROM assignments a CROSS JOIN images i ON a.project_id = "
+             f"i.project_id AND a.image_id = i.id WHERE {free} AND a.annotator = ? AND {opinion} "
+             f"ORDER BY a.created_at", [*base, annotator, annotator, annotator])
+        if overlap_share > 0 and len(picked) < slack:
+            # Second opinions on human labels: the share is chosen by a hash of the image id,
+            # so every process agrees on which images get one.
+            take(f"SELECT i.id, 'overlap' FROM images i WHERE {free} AND {opinion} AND "
+                 "((i.id * 2654435761 + ?) % 4294967296) < ? AND (SELECT count(DISTINCT annotator) "
+                 "FROM label_events e WHERE e.project_id = i.project_id AND e.image_id = i.id AND "
+                 "e.source = 'human') = 1 AND EXISTS (SELECT 1 FROM label_events e WHERE "
+                 "e.project_id = i.project_id AND e.image_id = i.id AND e.source = 'human' AND "
+                 "e.class_id IS NOT NULL AND e.id = (SELECT max(id) FROM label_events f WHERE "
+                 "f.project_id = i.project_id AND f.image_id = i.id)) ORDER BY i.id",
+                 [*base, annotator, annotator, overlap_seed, int(overlap_share * 4294967296)])
+        opinions = {p for p, _ in picked}
+        if len(picked) < slack:
+            take(f"SELECT i.id, q.origin FROM queue_items q CROSS JOIN images i ON q.project_id = "
+                 f"i.project_id AND q.image_id = i.id WHERE {free} AND {unlabeled} AND {answered} "
+                 f"ORDER BY q.position", [*base, annotator])
+        if len(picked) < n:
+            picked += [(i, "fallback") for i in self._random_free(
+                project_id, annotator, slack - len(picked), {p for p, _ in picked})]
+        if not picked:
+            return []
+        return self.lease(project_id, [p for p, _ in picked], annotator, seconds,
+                          origins=[o for _, o in picked], limit=n,
+                          unlabeled={p for p, _ in picked} - opinions)
+
+    def _random_free(self, project_id: int, annotator: str, k: int, exclude: set[int]) -> list[int]:
+        """Up to `k` unlabeled images nobody holds, at random (the queue ran out before the next
+        ranking): sets in Python, not a sort of the whole table by random() under the write lock."""
+        labeled = set(self.current_labels(project_id))
+        taken = self.taken_image_ids(project_id)
+        mine = {r[0] for r in self.db.execute(
+            "SELECT image_id FROM shown WHERE project_id = ? AND annotator = ? AND skipped = 1 "
+            "UNION SELECT image_id FROM conflicts WHERE project_id = ? AND annotator = ?",
+            [project_id, annotator, project_id, annotator]).fetchall()}
+        ids = [r[0] for r in self.db.execute("SELECT id FROM images WHERE project_id = ? AND "
+                                             "status = 'ok'", [project_id]).fetchall()]
+        free = [i for i in ids if i not in labeled and i not in taken and i not in mine
+                and i not in exclude]
+        rng = np.random.default_rng()
+        return [free[j] for j in rng.permutation(len(free))[:k]]
 
     def unlabeled_count(self, project_id: int) -> int:
         return self._one("SELECT count(*) FROM images i WHERE i.project_id = ? AND i.status = 'ok' AND "
