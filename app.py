@@ -24,6 +24,7 @@ from loop.replay import curve_rows, forecast_curve
 from loop.settings import Settings
 from loop.store import StorageError, StoreError
 from loop.study import report, run_study, study_figure
+from loop.trainer import trainer_for
 from models.backbones import BACKBONES
 from models.images import IMAGE_SUFFIXES
 from pages.common import (allowed, data_dir, escape, keep_signed_in, paths, picture, project_named,
@@ -55,6 +56,10 @@ def _open_demo(root: str) -> None:
                                    on_progress=lambda done, total: bar.progress(
                                        done / max(total, 1), text=f"Embedding images: {done} / {total}"))
     bar.empty()
+    # Every project's background trainer starts with the server: it mends what a killed server
+    # left, retrains when labels exist past the newest version, submits stale drafts.
+    for row in store().projects():
+        trainer_for(project_named(row["name"]))
 
 
 # -- Curve page ------------------------------------------------------------------------------

@@ -115,7 +115,10 @@ class Trainer:
             self._condition.notify_all()
         if self._thread.is_alive():
             self._thread.join()
-        self.project.store.release_training(self.project.id, self.owner)
+        try:
+            self.project.store.release_training(self.project.id, self.owner)
+        except StorageError:
+            pass   # the database is gone: there is no lease left to release
 
     def _run(self) -> None:
         while True:

@@ -32,3 +32,17 @@ def demo_project(tmp_path_factory, shared_cache):
 
     paths = Paths(tmp_path_factory.mktemp("demo"), cache_dir=shared_cache)
     return open_or_create_dataset_project("demo", paths, data_dir=SHARED_DATA)
+
+
+@pytest.fixture(autouse=True)
+def _stop_background_trainers():
+    """Each test's background trainers stop with it (they poll their database every few
+    seconds, and hundreds of idle ones would slow the tests after them)."""
+    yield
+    from loop import trainer
+
+    with trainer._trainers_lock:
+        running = list(trainer._trainers.values())
+        trainer._trainers.clear()
+    for worker in running:
+        worker.close()

@@ -28,7 +28,7 @@ def test_annotator_processes_with_their_own_trainers_lose_and_double_nothing(tmp
 def test_sigkill_inside_submit_and_retrain_loses_no_confirmed_label(tmp_path, demo_project):
     import crash
 
-    figures = crash.run(rounds=6, dataset="demo:60", data_dir=SHARED_DATA, work=tmp_path,
+    figures = crash.run(rounds=4, dataset="demo:60", data_dir=SHARED_DATA, work=tmp_path,
                         log=lambda *_: None)
     assert figures["confirmed_labels"] > 0
     assert figures["confirmed_lost"] == 0 and figures["rounds_with_problems"] == 0, figures
