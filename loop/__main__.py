@@ -238,7 +238,8 @@ def _print_rules(rules: list[dict]) -> None:
 
 
 def cmd_curve(args) -> int:
-    from loop.replay import curve_rows, forecast_curve, write_curve
+    from loop.curve import curve_rows, forecast_curve
+    from loop.replay import write_curve
 
     if not 0 < args.target <= 1:
         raise ValueError(f"--target is an accuracy share in (0, 1], e.g. 0.9; got {args.target}")

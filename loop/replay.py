@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from loop.curve import curve_rows
 from loop.evaluation import THRESHOLDS
-from loop.project import Paths, Project, ProjectError, open_or_create_dataset_project
+from loop.project import Paths, ProjectError, open_or_create_dataset_project
 from loop.queue import next_queries
 from loop.settings import Settings
 from loop.trainer import Trainer
@@ -56,36 +57,6 @@ def parse_labeler(spec: str) -> Labeler:
 CURVE_COLUMNS = ["version", "labels", "auto_labels", "accuracy", "balanced_accuracy", "ece"] + [
     f"{measure}_{rule}" for rule in ("argmax", *map("{:g}".format, THRESHOLDS))
     for measure in ("coverage", "accuracy", "errors_per_100")]
-
-
-def curve_rows(project: Project) -> list[dict]:
-    """One row per evaluation (that is, per retrain), in CURVE_COLUMNS."""
-    rows = []
-    for e in project.store.evaluations(project.id):
-        row = {"version": e["version"], "labels": e["n_labels"], "auto_labels": e["n_auto"],
-               "accuracy": e["accuracy"],
-               "balanced_accuracy": e["balanced_accuracy"], "ece": e["ece"]}
-        for rule in e["rules"]:
-            name = "argmax" if rule["threshold"] == 0 else f"{rule['threshold']:g}"
-            for measure in ("coverage", "accuracy", "errors_per_100"):
-                row[f"{measure}_{name}"] = rule[measure]
-        rows.append(row)
-    return rows
-
-
-def forecast_curve(project: Project, n_boot: int = 100):
-    """The learning-curve forecaster (loop.forecast) fitted to the project's hold-out scores, its
-    per-image results resampled jointly across retrains; None before 3 distinct labeled counts."""
-    from loop.backtest import holdout_correctness
-    from loop.forecast import LearningCurveForecaster
-
-    evaluations = project.store.evaluations(project.id)
-    if len({e["n_labels"] for e in evaluations}) < 3:
-        return None
-    holdout = [e["n_holdout"] for e in evaluations]
-    correct = holdout_correctness(project.store, project.id, evaluations)
-    return LearningCurveForecaster(len(project.class_names), holdout, n_boot=n_boot).fit(
-        [e["n_labels"] for e in evaluations], [e["accuracy"] for e in evaluations], correct)
 
 
 def write_curve(rows: list[dict], out: Path, title: str) -> tuple[Path, Path]:

@@ -10,7 +10,7 @@ from loop.project import Paths, create_project
 from loop.session import LabelingSession
 from loop.settings import Settings
 from loop.store import Store, StoreError
-from tests.test_project import CLASSES, small_folder
+from tests.test_project import small_folder
 
 
 def test_tokens_are_random_stored_as_hashes_and_revocable(tmp_path):

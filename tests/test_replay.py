@@ -84,7 +84,7 @@ def test_slow_labeler_keeps_labeling_while_the_head_retrains(tmp_path, demo_proj
 
 
 def test_control_slice_shows_strategy_against_random(tmp_path, demo_project):
-    from loop.benchmark import strategy_versus_control
+    from loop.curve import strategy_versus_control
     from loop.project import Paths, Project
     from loop.store import Store
     run(tmp_path / "c", budget=100, strategy="auto")

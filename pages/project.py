@@ -1,0 +1,164 @@
+"""The Project page (leads): the chosen project's status, export, settings, a new project from
+a folder under the import roots or from uploads, and people's tokens."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import streamlit as st
+
+from loop.project import Project, create_project
+from loop.settings import Settings
+from loop.store import StoreError
+from models.backbones import BACKBONES
+from models.images import IMAGE_SUFFIXES
+from pages.common import (
+    allowed,
+    data_dir,
+    escape,
+    paths,
+    reload_project,
+    sidebar,
+    store,
+)
+
+
+def project_page() -> None:
+    person = allowed("lead_pages")
+    project = sidebar(person)
+    st.title("Projects")
+    status = project.status()
+    st.markdown(f"**{escape(project.name)}**: {status['images']} images in `{status['root']}`, backbone "
+                f"{status['backbone']}, classes {escape(', '.join(status['classes']))}.")
+    if status["skipped"]:
+        with st.expander(f"{len(status['skipped'])} file(s) skipped, and why"):
+            st.dataframe(pd.DataFrame(status["skipped"], columns=["file", "reason"]), hide_index=True)
+    export_panel(project)
+    settings_panel(project)
+    create_panel()
+    people_panel(person)
+
+
+# What a lead may change from the browser, with the words shown beside each.
+EDITABLE = {
+    "batch_size": ("Answers per batch (one retrain each)", int),
+    "overlap_share": ("Share of labels also asked of a second person (0 to 1)", float),
+    "lease_minutes": ("Minutes an image shown to someone stays theirs", float),
+    "draft_max_age_seconds": ("Seconds before pending answers are submitted by the trainer", float),
+    "max_file_mb": ("Largest file accepted, MB", float),
+    "max_megapixels": ("Largest image accepted, megapixels", float),
+}
+
+
+def settings_panel(project: Project) -> None:
+    allowed("settings")
+    with st.expander("Settings of this project"):
+        with st.form("settings"):
+            values = {key: st.number_input(text, value=kind(getattr(project.settings, key)),
+                                           key=f"setting-{key}")
+                      for key, (text, kind) in EDITABLE.items()}
+            strategy = st.text_input("Query strategy", project.settings.strategy)
+            if st.form_submit_button("Save settings"):
+                try:
+                    changed = {k: EDITABLE[k][1](v) for k, v in values.items()}
+                    project.update_settings(strategy=strategy.strip(), **changed)
+                    reload_project(project)
+                    st.success("Saved.")
+                except (ValueError, TypeError) as exc:
+                    st.error(f"Not saved: {exc}")
+
+
+def export_panel(project: Project) -> None:
+    from loop.export import to_csv, to_image_folder, to_json
+    from loop.paths import export_folder
+
+    allowed("export")
+    a, b = st.columns(2)
+    a.download_button("Labels as CSV", to_csv(project), f"{project.name}-labels.csv", "text/csv")
+    b.download_button("Labels as JSON", to_json(project), f"{project.name}-labels.json", "application/json")
+    with st.form("export"):
+        name = st.text_input(f"Copy the labeled images, one folder per class, into a new folder "
+                             f"under {data_dir() / 'exports'} (a folder name, not a path)")
+        if st.form_submit_button("Export ImageFolder copy") and name:
+            try:
+                target = export_folder(data_dir(), name.strip())
+                st.success(f"Copied {to_image_folder(project, target)} images to {target}.")
+            except (ValueError, OSError) as exc:
+                st.error(str(exc))
+
+
+def create_panel() -> None:
+    from loop.paths import import_roots, resolve_import_folder, save_uploads
+
+    allowed("create_project")
+    roots = import_roots(data_dir(), store())
+    st.subheader("New project from a folder on the server, or from uploaded images")
+    st.caption("Folders are imported only from under: " + ", ".join(f"`{r}`" for r in roots)
+               + ". Someone with a shell on the server adds a folder with `python -m loop roots add PATH`.")
+    with st.form("create"):
+        name = st.text_input("Name (letters, digits, - and _)")
+        folder = st.text_input("Folder (under one of those; a relative path is taken under the first)")
+        uploads = st.file_uploader("Or images to upload (a flat, unlabeled set: give the class names)",
+                                   type=sorted(s.lstrip(".") for s in IMAGE_SUFFIXES),
+                                   accept_multiple_files=True)
+        classes = st.text_input("Class names, comma-separated (only for a flat folder of unlabeled "
+                                "images; leave empty when the folder has one sub-folder per class)")
+        backbone = st.selectbox("Backbone", list(BACKBONES))
+        seeds = st.slider("Seed labels per class", 1, 3, 1)
+        if st.form_submit_button("Create and embed"):
+            if not folder.strip() and not uploads:
+                st.error("Choose a folder or upload images.")
+                return
+            uploaded = None
+            try:
+                settings = Settings(backbone=backbone, seeds_per_class=seeds)
+                if uploads and not folder.strip():
+                    where = uploaded = save_uploads(data_dir() / "uploads", name.strip(),
+                                                    [(u.name, u.getvalue()) for u in uploads],
+                                                    max_bytes=int(settings.max_file_mb * 2**20))
+                else:
+                    where = resolve_import_folder(folder.strip(), roots)
+                bar = st.progress(0.0, text="Embedding...")
+                created = create_project(
+                    store(), name.strip(), where, paths(),
+                    class_names=[c.strip() for c in classes.split(",") if c.strip()] or None,
+                    settings=settings,
+                    on_progress=lambda done, total: bar.progress(done / max(total, 1),
+                                                                 text=f"Embedding {done} / {total}"))
+                st.query_params["project"] = created.name
+                st.success(f"Created {escape(created.name)}: {created.status()['images']} images.")
+            except (ValueError, OSError) as exc:
+                if uploaded is not None and not any(p["name"] == name.strip() for p in store().projects()):
+                    shutil.rmtree(uploaded, ignore_errors=True)   # no project: the upload goes too
+                st.error(str(exc))
+
+
+def people_panel(person) -> None:
+    from loop import people
+
+    allowed("people")
+    st.subheader("People")
+    rows = store().people()
+    st.dataframe(pd.DataFrame([{"name": p["name"], "role": p["role"],
+                                "token": "revoked" if p["revoked_at"] else "active"} for p in rows]),
+                 hide_index=True)
+    with st.form("new-person"):
+        a, b = st.columns(2)
+        name = a.text_input("Name")
+        role = b.selectbox("Role", people.ROLES[::-1])
+        if st.form_submit_button("Create a token"):
+            try:
+                token = people.create_token(store(), name.strip(), role)
+                st.success(f"Token for {escape(name.strip())} ({role}); it is shown this once, give it "
+                           "to them privately:")
+                st.code(token, language=None)
+            except StoreError as exc:
+                st.error(str(exc))
+    active = [p["name"] for p in rows if not p["revoked_at"] and p["name"] != person.name]
+    if active:
+        with st.form("revoke"):
+            name = st.selectbox("Revoke the token of", active)
+            if st.form_submit_button("Revoke"):
+                people.revoke(store(), name)
+                st.success(f"Revoked {escape(name)}'s token: it stops working at once.")
