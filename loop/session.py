@@ -25,6 +25,22 @@ from loop.trainer import Trainer
 
 # Origins whose answer measures something, so no suggestion may anchor it.
 UNSUGGESTED = ("holdout", "audit")
+# Grid images are held only while the grid shows them: a short lease, renewed by each redraw.
+GRID_LEASE_SECONDS = 120
+ACTIONS = ("answer", "skip", "flag", "undo", "submit")
+
+_heads: dict[str, object] = {}
+# (weights path, database path, project id, image id) -> class probabilities
+_scores: dict[tuple, np.ndarray] = {}
+
+
+def _head(weights_path: str):
+    """The head stored at `weights_path`, loaded once per process (a version never changes)."""
+    if weights_path not in _heads:
+        if len(_heads) >= 4:
+            _heads.pop(next(iter(_heads)))
+        _heads[weights_path] = load_head(weights_path)
+    return _heads[weights_path]
 
 
 @dataclass
@@ -93,14 +109,24 @@ class LabelingSession:
         return self.store.latest_model_version(self.project.id)
 
     def describe(self, leases: list[dict]) -> list[Item]:
-        """Items for leased images, with the newest model's suggestion where one may be shown."""
+        """Items for leased images, with the newest model's suggestion where one may be shown.
+        Each image is scored once per version and process: a page redraws its window often."""
         if not leases:
             return []
         images = [self.store.image(self.project.id, lease["image_id"]) for lease in leases]
         version = self.latest_version()
         probs = None
         if version is not None:
-            probs = load_head(version["weights_path"]).predict_proba(self.project.embeddings_of(images))
+            keys = [(version["weights_path"], self.store.path, self.project.id, image["id"])
+                    for image in images]
+            missing = [k for k, key in enumerate(keys) if key not in _scores]
+            if missing:
+                scored = _head(version["weights_path"]).predict_proba(
+                    self.project.embeddings_of([images[k] for k in missing]))
+                if len(_scores) > 20_000:
+                    _scores.clear()
+                _scores.update({keys[k]: p for k, p in zip(missing, scored)})
+            probs = [_scores[key] for key in keys]
         items = []
         for k, (image, lease) in enumerate(zip(images, leases)):
             # No suggestion where the answer scores the model: hold-out images and audits of
@@ -123,14 +149,17 @@ class LabelingSession:
     # -- answers ------------------------------------------------------------------------------
 
     def answer(self, image_id: int, class_name: str | None, uid: str | None = None,
-               submit_full_batch: bool = True) -> Outcome:
-        """Record my answer for `image_id` (None: skip). Refused for an image never shown to me;
+               submit_full_batch: bool = True, flag: bool = False) -> Outcome:
+        """Record my answer for `image_id` (None: skip; `flag`: "unclear / none of the classes",
+        which goes to the lead, is no label, and never comes back to me). Answering an image again
+        changes my answer (a pending one is replaced, a submitted one gets a new label event once
+        submitted). Refused for an image never shown to me;
         kept as a conflict if the image is someone else's now. A full batch is submitted (the
         outcome's `submitted` is then True). `uid`: the browser's id of this answer, so a re-sent
         one is stored once."""
         class_id = None if class_name is None else self.store.class_id(self.project.id, class_name)
         outcome = self.store.answer(self.project.id, self.annotator, int(image_id), class_id, uid=uid,
-                                    lease_seconds=self.lease_seconds)
+                                    lease_seconds=self.lease_seconds, flag=flag)
         outcome.submitted = False
         if (outcome.status == "draft" and submit_full_batch
                 and len(self.pending()) >= self.batch_size):
@@ -140,7 +169,7 @@ class LabelingSession:
 
     def apply(self, answers: list[dict]) -> dict:
         """Apply answers sent by the browser, each {"uid", "image_id", "action": "answer" | "skip" |
-        "undo" | "submit", "class"}, in order, each at most once (by uid, across reconnects).
+        "flag" | "undo" | "submit", "class"}, in order, each at most once (by uid, across reconnects).
         Returns {"acked": [uids stored or settled], "refused": {uid: reason}, "notes": [...]}:
         the browser stops re-sending both, and shows the refusals and notes."""
         acked, refused, notes = [], {}, []
@@ -156,10 +185,11 @@ class LabelingSession:
             action = a.get("action")
             try:
                 image_id = None if a.get("image_id") is None else int(a["image_id"])
-                if action in ("answer", "skip"):
+                if action in ("answer", "skip", "flag"):
                     if image_id is None:
                         raise StoreError("an answer must name its image")
-                    outcome = self.answer(image_id, a.get("class") if action == "answer" else None, uid=uid)
+                    outcome = self.answer(image_id, a.get("class") if action == "answer" else None,
+                                          uid=uid, flag=action == "flag")
                     if outcome.status in ("conflict", "dropped"):
                         notes.append(outcome.message)
                     if outcome.submitted:
@@ -198,6 +228,26 @@ class LabelingSession:
 
     def pending(self) -> list[dict]:
         return self.store.drafts(self.project.id, self.annotator)
+
+    def recent(self, n: int = 10) -> list[dict]:
+        """My last `n` answers, oldest first (for the page's list after a reload): each
+        {"image_id", "path", "action": "answer" | "skip" | "flag", "class", "submitted"}."""
+        names = self.project.class_names
+        by_id = {c["id"]: c["name"] for c in self.store.classes(self.project.id)}
+        rows = []
+        for r in reversed(self.store.recent_answers(self.project.id, self.annotator, n)):
+            action = "flag" if r["flagged"] else "skip" if r["class_id"] is None else "answer"
+            cls = by_id.get(r["class_id"])
+            rows.append({"image_id": r["image_id"],
+                         "path": self.store.image(self.project.id, r["image_id"])["path"],
+                         "action": action, "class": cls if cls in names else None,
+                         "submitted": bool(r["submitted"])})
+        return rows
+
+    def progress(self, since: float = 0.0) -> dict:
+        """Images left, my labels (in all and since `since`), the team's, my pending answers and
+        the open flags, from one read of the store (see `Store.progress`)."""
+        return self.store.progress(self.project.id, self.annotator, since)
 
     def submit(self) -> dict:
         """Store every pending answer as labels (one transaction) and ask for a retrain.
@@ -247,10 +297,11 @@ class LabelingSession:
 
     # -- grid mode ------------------------------------------------------------------------------
 
-    def grid(self, class_name: str, n: int = 12) -> list[Item]:
+    def grid(self, class_name: str, n: int = 12, lease_seconds: float = GRID_LEASE_SECONDS) -> list[Item]:
         """Up to `n` pool images the newest model puts in `class_name`, most confident first,
-        leased to me while I look at them (the previous grid's images are let go): confirm them
-        all at once, rejecting the wrong ones."""
+        leased to me while I look at them: for `lease_seconds`, renewed by each call (the page
+        calls again while the grid is shown), and the previous grid's images (another class's)
+        are let go at once. Confirm them all at once, rejecting the wrong ones."""
         self.release_grid()
         version = self.latest_version()
         if version is None:
@@ -262,11 +313,11 @@ class LabelingSession:
                 if i["id"] not in labels and i["id"] not in taken]
         if not pool:
             return []
-        probs = load_head(version["weights_path"]).predict_proba(self.project.embeddings_of(pool))
+        probs = _head(version["weights_path"]).predict_proba(self.project.embeddings_of(pool))
         predicted = np.flatnonzero(probs.argmax(1) == target)
         order = predicted[np.argsort(-probs[predicted, target], kind="stable")][:n]
         granted = set(self.store.lease(self.project.id, [pool[i]["id"] for i in order], self.annotator,
-                                       self.lease_seconds, origins=["grid"] * len(order)))
+                                       lease_seconds, origins=["grid"] * len(order)))
         return [Item(pool[i]["id"], pool[i]["path"], "pool", "grid", class_name, float(probs[i, target]),
                      version["version"], probs[i].tolist()) for i in order if pool[i]["id"] in granted]
 

@@ -14,6 +14,7 @@ as a conflict for the lead, never dropped and never written over the label.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -79,8 +80,10 @@ SCHEMA = {
                "skipped": int, "skipped_at": float},
               {"pk": ("project_id", "image_id", "annotator")}),
     # Answers given but not yet submitted: kept in the database so a refresh loses none.
+    # `flagged`: a skip that says "unclear / none of the classes" (it goes to the lead).
     "drafts": ({"project_id": int, "annotator": str, "image_id": int, "class_id": int,
-                "skipped": int, "created_at": float, "origin": str, "shown_at": float},
+                "skipped": int, "created_at": float, "origin": str, "shown_at": float,
+                "flagged": int},
                {"pk": ("project_id", "annotator", "image_id"),
                 "foreign_keys": [("project_id", "projects", "id"), ("image_id", "images", "id"),
                                  ("class_id", "classes", "id")]}),
@@ -95,6 +98,11 @@ SCHEMA = {
                    "resolution_event_id": int},
                   {"pk": "id", "foreign_keys": [("project_id", "projects", "id"),
                                                 ("image_id", "images", "id")]}),
+    # Images an annotator flagged as unclear or none of the classes: not a label, kept out of
+    # everyone's queue until a lead looks at them (`status` "open" or "resolved").
+    "flags": ({"project_id": int, "image_id": int, "annotator": str, "created_at": float,
+               "status": str, "resolved_by": str, "resolved_at": float},
+              {"pk": ("project_id", "image_id", "annotator")}),
     # Images a lead sent to a named person (a third opinion on a conflict): served to them first.
     "assignments": ({"project_id": int, "image_id": int, "annotator": str, "assigned_by": str,
                      "created_at": float},
@@ -266,6 +274,21 @@ class Store:
         """`with store.transaction():` all or nothing (an exception rolls everything back); a
         storage failure comes out as one clear StorageError."""
         return _Transaction(self.db.conn, self.path)
+
+    @contextlib.contextmanager
+    def snapshot(self):
+        """`with store.snapshot():` every read inside sees the database as it was at its first
+        read (one read transaction), whatever other threads and processes write meanwhile. For
+        reads only: a page's figures all come from one such read."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            yield
+            return
+        conn.execute("BEGIN DEFERRED")
+        try:
+            yield
+        finally:
+            conn.execute("ROLLBACK")
 
     def query(self, sql: str, args: Sequence = ()) -> list[dict]:
         return list(self.db.query(sql, list(args)))
@@ -610,11 +633,13 @@ class Store:
             "status": "open"}).last_pk
 
     def answer(self, project_id: int, annotator: str, image_id: int, class_id: int | None,
-               uid: str | None = None, lease_seconds: float = 900) -> Outcome:
-        """Record `annotator`'s answer for `image_id` (a class id, or None to skip) as a draft, in
-        one transaction. Refused (StoreError) for an image never shown to them. Kept as a conflict,
-        not as the label, when the image is someone else's now: leased to another, answered by
-        another, or labeled by another since it was shown to this person. An expired lease that
+               uid: str | None = None, lease_seconds: float = 900, flag: bool = False) -> Outcome:
+        """Record `annotator`'s answer for `image_id` (a class id, or None to skip; `flag`: a skip
+        that flags the image as unclear / none of the classes) as a draft, in one transaction;
+        answering an image again while its draft is pending replaces the draft. Refused
+        (StoreError) for an image never shown to them. Kept as a conflict, not as the label, when
+        the image is someone else's now: leased to another, answered by another, or labeled by
+        another since it was shown to this person. An expired lease that
         nobody else took is simply renewed. A `uid` already stored returns "duplicate"."""
         image_id = int(image_id)
         now = time.time()
@@ -645,7 +670,7 @@ class Store:
             elif since is not None:
                 reason = f"{since['annotator']} labeled it after it was shown to you"
             if reason is not None:
-                if class_id is None:
+                if class_id is None or flag:
                     self._receipt(project_id, annotator, uid, "dropped")
                     return Outcome("dropped", image_id, f"skip of image {image_id} not kept: {reason}")
                 self._conflict(project_id, image_id, annotator, class_id, reason)
@@ -660,11 +685,13 @@ class Store:
                                 "AND annotator = ?))",
                                 [project_id, image_id, annotator, shown["shown_at"], now + lease_seconds,
                                  project_id, image_id, project_id, annotator])
+            if flag:
+                class_id = None
             self.db.execute("INSERT OR REPLACE INTO drafts (project_id, annotator, image_id, class_id, "
-                            "skipped, created_at, origin, shown_at) VALUES (?, ?, ?, ?, ?, ?, (SELECT "
-                            "origin FROM leases WHERE project_id = ? AND image_id = ?), ?)",
+                            "skipped, created_at, origin, shown_at, flagged) VALUES (?, ?, ?, ?, ?, ?, "
+                            "(SELECT origin FROM leases WHERE project_id = ? AND image_id = ?), ?, ?)",
                             [project_id, annotator, image_id, class_id, int(class_id is None), now,
-                             project_id, image_id, shown["shown_at"]])
+                             project_id, image_id, shown["shown_at"], int(flag)])
             self.db.execute("UPDATE leases SET expires_at = max(expires_at, ?) WHERE project_id = ? "
                             "AND annotator = ?", [now + lease_seconds, project_id, annotator])
             self._receipt(project_id, annotator, uid, "draft")
@@ -677,6 +704,27 @@ class Store:
             args.append(annotator)
         return self.query(sql + " ORDER BY created_at, rowid", args)
 
+    def recent_answers(self, project_id: int, annotator: str, n: int = 10) -> list[dict]:
+        """`annotator`'s last `n` answers, newest first, one per image: pending ones (drafts,
+        skips and flags included) and labels of theirs that stand (not undone). Each {"image_id",
+        "class_id", "skipped", "flagged", "submitted", "created_at"}."""
+        rows = self.db.execute(
+            "SELECT image_id, class_id, skipped, coalesce(flagged, 0) AS flagged, 0 AS submitted, "
+            "created_at FROM drafts WHERE project_id = :p AND annotator = :a "
+            "UNION ALL SELECT image_id, class_id, 0, 0, 1, created_at FROM label_events e WHERE "
+            "project_id = :p AND annotator = :a AND source = 'human' AND undoes IS NULL AND "
+            "class_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM label_events u WHERE "
+            "u.project_id = e.project_id AND u.undoes = e.id) "
+            "ORDER BY created_at DESC LIMIT :n", {"p": project_id, "a": annotator, "n": 4 * n}
+        ).fetchall()
+        names = ("image_id", "class_id", "skipped", "flagged", "submitted", "created_at")
+        seen, recent = set(), []
+        for row in (dict(zip(names, r)) for r in rows):
+            if row["image_id"] not in seen:
+                seen.add(row["image_id"])
+                recent.append(row)
+        return recent[:n]
+
     def stale_draft_annotators(self, project_id: int, older_than: float) -> list[str]:
         """Annotators whose oldest pending answer is older than `older_than` seconds."""
         return [r["annotator"] for r in self.query(
@@ -685,11 +733,12 @@ class Store:
 
     def submit_drafts(self, project_id: int, annotator: str, source: str = "human") -> dict:
         """Turn the annotator's drafts into label events, all in one transaction, and free their
-        images. Skips free their images unlabeled (and keep them from coming back to this person).
+        images. Skips free their images unlabeled (and keep them from coming back to this person);
+        a flagged skip also goes to the lead (`flags`) and out of everyone's queue.
         An answer for an image someone labeled since it was shown, or one that disagrees with
         another person's label in force (an overlap or a third opinion), is kept as a conflict.
-        Returns {"labeled": [image ids], "conflicts": [image ids]}."""
-        labeled, conflicts = [], []
+        Returns {"labeled": [image ids], "conflicts": [image ids], "flagged": [image ids]}."""
+        labeled, conflicts, flagged = [], [], []
         with self.transaction():
             drafts = self.drafts(project_id, annotator)
             for d in drafts:
@@ -698,6 +747,11 @@ class Store:
                     self.db.execute("UPDATE shown SET skipped = 1, skipped_at = ? WHERE project_id = ? "
                                     "AND image_id = ? AND annotator = ?",
                                     [time.time(), project_id, image_id, annotator])
+                    if d.get("flagged"):
+                        self.db.execute("INSERT OR REPLACE INTO flags (project_id, image_id, annotator, "
+                                        "created_at, status) VALUES (?, ?, ?, ?, 'open')",
+                                        [project_id, image_id, annotator, time.time()])
+                        flagged.append(image_id)
                     continue
                 since = self._others_since(project_id, image_id, annotator, d["shown_at"] or 0)
                 if since is not None:
@@ -741,7 +795,7 @@ class Store:
             self.db.execute("DELETE FROM drafts WHERE project_id = ? AND annotator = ?",
                             [project_id, annotator])
             self.release(project_id, [d["image_id"] for d in drafts], annotator)
-        return {"labeled": labeled, "conflicts": conflicts}
+        return {"labeled": labeled, "conflicts": conflicts, "flagged": flagged}
 
     def delete_draft(self, project_id: int, annotator: str, image_id: int) -> None:
         with self.transaction():
@@ -779,6 +833,8 @@ class Store:
                     raise StoreError(f"your last answer is for image {target}, not {image_id}")
                 self.db.execute("UPDATE shown SET skipped = 0 WHERE project_id = ? AND image_id = ? "
                                 "AND annotator = ?", [project_id, target, annotator])
+                self.db.execute("DELETE FROM flags WHERE project_id = ? AND image_id = ? AND "
+                                "annotator = ? AND status = 'open'", [project_id, target, annotator])
                 if not self.lease(project_id, [target], annotator, lease_seconds):
                     raise StoreError(f"image {target} is with someone else now; undo was not done")
                 self.move_to_front(project_id, target, annotator)
@@ -821,6 +877,26 @@ class Store:
                 "project_id": project_id, "image_id": int(image_id), "class_id": None,
                 "annotator": annotator, "source": "human", "created_at": time.time(),
                 "origin": "retract"}).last_pk
+
+    # -- flags: images an annotator could not place --------------------------------------------
+
+    def flags(self, project_id: int, status: str | None = "open") -> list[dict]:
+        """Flagged images ("unclear / none of the classes"), newest first, with their path."""
+        sql = ("SELECT g.*, i.path FROM flags g JOIN images i ON i.id = g.image_id "
+               "WHERE g.project_id = ?")
+        args: list = [project_id]
+        if status:
+            sql += " AND g.status = ?"
+            args.append(status)
+        return self.query(sql + " ORDER BY g.created_at DESC, g.image_id", args)
+
+    def resolve_flag(self, project_id: int, image_id: int, lead: str) -> int:
+        """A lead looked at a flagged image: it goes back to the queue (never to its flagger)."""
+        with self.transaction():
+            return self.db.execute("UPDATE flags SET status = 'resolved', resolved_by = ?, "
+                                   "resolved_at = ? WHERE project_id = ? AND image_id = ? AND "
+                                   "status = 'open'", [lead, time.time(), project_id, int(image_id)]
+                                   ).rowcount
 
     # -- conflicts and assignments ------------------------------------------------------------
 
@@ -930,7 +1006,9 @@ class Store:
                 "l.image_id = i.id AND l.expires_at > ?) "
                 "AND NOT EXISTS (SELECT 1 FROM drafts d WHERE d.project_id = i.project_id AND d.image_id = i.id) "
                 "AND NOT EXISTS (SELECT 1 FROM shown s WHERE s.project_id = i.project_id AND "
-                "s.image_id = i.id AND s.annotator = ? AND s.skipped = 1) ")
+                "s.image_id = i.id AND s.annotator = ? AND s.skipped = 1) "
+                "AND NOT EXISTS (SELECT 1 FROM flags g WHERE g.project_id = i.project_id AND "
+                "g.image_id = i.id AND (g.status = 'open' OR g.annotator = ?)) ")
         unlabeled = ("NOT EXISTS (SELECT 1 FROM label_events e WHERE e.project_id = i.project_id AND "
                      "e.image_id = i.id AND e.id = (SELECT max(id) FROM label_events f WHERE "
                      "f.project_id = i.project_id AND f.image_id = i.id) AND e.class_id IS NOT NULL) ")
@@ -940,7 +1018,7 @@ class Store:
                     "c.image_id = i.id AND c.annotator = ?) ")
         opinion = ("NOT EXISTS (SELECT 1 FROM label_events e WHERE e.project_id = i.project_id AND "
                    "e.image_id = i.id AND e.annotator = ?) AND " + answered)
-        base = [project_id, now, annotator]
+        base = [project_id, now, annotator, annotator]
         # Candidates are read outside the write lock (with slack: some may be taken meanwhile);
         # `lease` then grants up to n of them in one short transaction, checking each again.
         slack = 2 * n
@@ -967,8 +1045,10 @@ class Store:
                  "e.source = 'human') = 1 AND EXISTS (SELECT 1 FROM label_events e WHERE "
                  "e.project_id = i.project_id AND e.image_id = i.id AND e.source = 'human' AND "
                  "e.class_id IS NOT NULL AND e.id = (SELECT max(id) FROM label_events f WHERE "
-                 "f.project_id = i.project_id AND f.image_id = i.id)) ORDER BY i.id",
-                 [*base, annotator, annotator, overlap_seed, int(overlap_share * 4294967296)])
+                 "f.project_id = i.project_id AND f.image_id = i.id)) "
+                 "ORDER BY (i.id * 2654435761 + ?) % 4294967296",   # not folder order
+                 [*base, annotator, annotator, overlap_seed, int(overlap_share * 4294967296),
+                  overlap_seed + 1])
         opinions = {p for p, _ in picked}
         if len(picked) < slack:
             take(f"SELECT i.id, q.origin FROM queue_items q CROSS JOIN images i ON q.project_id = "
@@ -979,6 +1059,11 @@ class Store:
                 project_id, annotator, slack - len(picked), {p for p, _ in picked})]
         if not picked:
             return []
+        # The batch handed out now goes in a random order (seeded per lease), never in the
+        # queue's or the folder's: an order that follows the classes would give the answer away.
+        head = list(picked[:n])
+        np.random.default_rng([project_id, time.time_ns() % 2**63]).shuffle(head)
+        picked = head + picked[n:]
         return self.lease(project_id, [p for p, _ in picked], annotator, seconds,
                           origins=[o for _, o in picked], limit=n,
                           unlabeled={p for p, _ in picked} - opinions)
@@ -990,8 +1075,9 @@ class Store:
         taken = self.taken_image_ids(project_id)
         mine = {r[0] for r in self.db.execute(
             "SELECT image_id FROM shown WHERE project_id = ? AND annotator = ? AND skipped = 1 "
-            "UNION SELECT image_id FROM conflicts WHERE project_id = ? AND annotator = ?",
-            [project_id, annotator, project_id, annotator]).fetchall()}
+            "UNION SELECT image_id FROM conflicts WHERE project_id = ? AND annotator = ? "
+            "UNION SELECT image_id FROM flags WHERE project_id = ? AND (status = 'open' OR annotator = ?)",
+            [project_id, annotator, project_id, annotator, project_id, annotator]).fetchall()}
         ids = [r[0] for r in self.db.execute("SELECT id FROM images WHERE project_id = ? AND "
                                              "status = 'ok'", [project_id]).fetchall()]
         free = [i for i in ids if i not in labeled and i not in taken and i not in mine
@@ -1005,6 +1091,30 @@ class Store:
                          "AND e.image_id = i.id AND e.id = (SELECT max(id) FROM label_events f WHERE "
                          "f.project_id = i.project_id AND f.image_id = i.id) AND e.class_id IS NOT NULL)",
                          [project_id])
+
+    def progress(self, project_id: int, annotator: str, since: float = 0.0) -> dict:
+        """Where labeling stands, in one read (one statement, so every figure is of the same
+        moment): `left` (usable images with no label and no open flag), `mine` (images whose
+        label in force is `annotator`'s), `mine_since` (of those, labeled after `since`),
+        `team` (labels in force in the training pool given by people: seeds, answers, reviews,
+        as the sidebar counts them), `pending` (my answers not submitted yet),
+        `flagged` (open flags)."""
+        in_force = ("SELECT e.* FROM label_events e WHERE e.project_id = :p AND e.class_id IS NOT NULL "
+                    "AND e.id = (SELECT max(id) FROM label_events f WHERE f.project_id = :p AND "
+                    "f.image_id = e.image_id)")
+        row = self.db.execute(
+            f"WITH force AS ({in_force}) SELECT "
+            "(SELECT count(*) FROM images i WHERE i.project_id = :p AND i.status = 'ok' AND NOT EXISTS "
+            " (SELECT 1 FROM force WHERE force.image_id = i.id) AND NOT EXISTS (SELECT 1 FROM flags g "
+            " WHERE g.project_id = :p AND g.image_id = i.id AND g.status = 'open')), "
+            "(SELECT count(*) FROM force WHERE annotator = :a AND source = 'human'), "
+            "(SELECT count(*) FROM force WHERE annotator = :a AND source = 'human' AND created_at > :s), "
+            "(SELECT count(*) FROM force JOIN images i ON i.id = force.image_id WHERE "
+            " i.split = 'pool' AND i.status = 'ok' AND force.source != 'auto'), "
+            "(SELECT count(*) FROM drafts WHERE project_id = :p AND annotator = :a), "
+            "(SELECT count(*) FROM flags WHERE project_id = :p AND status = 'open')",
+            {"p": project_id, "a": annotator, "s": since}).fetchone()
+        return dict(zip(("left", "mine", "mine_since", "team", "pending", "flagged"), row))
 
     def taken_image_ids(self, project_id: int, except_annotator: str | None = None) -> set[int]:
         """Images someone holds now: an unexpired lease or a pending answer (of anyone but
@@ -1162,6 +1272,10 @@ class Store:
             for key in ("per_class", "rules"):
                 row[key] = json.loads(row[key]) if row[key] else None
         return rows
+
+    def newest_evaluation_id(self, project_id: int) -> int | None:
+        """The id of the project's newest evaluation (a cheap poll: has a retrain been scored?)."""
+        return self._one("SELECT max(id) FROM evaluations WHERE project_id = ?", [project_id])
 
     def holdout_predictions(self, evaluation_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(image ids, true class ids, probabilities (n, k)) stored with an evaluation."""

@@ -5,6 +5,10 @@
 // Module state lives on window, keyed by the Python key, so it survives re-renders and remounts.
 const WIDGETS = (window.__juicerLabelWidget = window.__juicerLabelWidget || {});
 const NOTE_MS = 2500;
+const RESEND_MS = 1500;     // a send not answered by a redraw in this time is sent again
+const HISTORY_SHOWN = 10;   // answers listed (each clickable to change it)
+const SRCS_KEPT = 100;      // pictures of past answers kept for undo and the list
+const FILTER_FROM = 11;     // classes from which a type-to-filter box is shown
 const TYPING_INPUT_TYPES = new Set(["checkbox", "radio", "button", "submit", "reset", "range",
                                     "color", "file", "image"]);
 const MARK_TEXT = {
@@ -23,13 +27,19 @@ function newWidget(key) {
     classesSignature: null,
     status: {},
     storageKey: null,
-    queue: [],                  // queue[0] is the item on screen
+    queue: [],                  // queue[0] is the item on screen (unless an answer is being changed)
     done: new Set(),            // image ids answered or skipped here (and not undone)
-    history: [],                // answered/skipped items, newest last, for undo
+    history: [],                // {item, action, cls, uid}, newest last, for undo and the list
+    editing: null,              // the history entry whose answer is being changed
     outbox: [],                 // answers the server has not acknowledged
-    settledUids: new Set(),     // uids acknowledged or refused
+    settledUids: new Set(),     // uids acknowledged
+    refusedUids: new Map(),     // uid -> reason
     saved: 0,
     refused: 0,
+    inflight: null,             // {uids, at}: the last send, until a redraw settles it
+    sendTimer: null,
+    srcs: new Map(),            // image_id -> data URL: the server sends each picture once
+    haveSignature: null,        // the image ids last reported as held
     images: new Map(),          // image_id -> decoded <img>
     noteTimer: null,
     onKey: null,
@@ -66,8 +76,45 @@ function persist(w) {
   }
 }
 
-function send(w) {
-  if (w.setStateValue) w.setStateValue("answers", w.outbox.map((a) => ({ ...a })));
+// One send at a time: a send starts a server run, and a second send while it runs would stop it
+// before it draws (Streamlit restarts a run on new input), starving the window of new images.
+// Answers typed meanwhile go with the next send, as soon as a redraw settles this one.
+function send(w, force) {
+  if (!w.setStateValue) return;
+  const now = performance.now();
+  if (!force && w.inflight && now - w.inflight.at < RESEND_MS) {
+    scheduleSend(w, RESEND_MS - (now - w.inflight.at));
+    return;
+  }
+  clearTimeout(w.sendTimer);
+  w.sendTimer = null;
+  w.inflight = { uids: w.outbox.map((a) => a.uid), at: now };
+  // Which pictures this page holds, so the server sends only the others; set in the same tick
+  // as the answers, which Streamlit sends as one update (one run).
+  const have = Array.from(w.srcs.keys()).sort((a, b) => a - b);
+  const signature = have.join(",");
+  if (signature !== w.haveSignature) {
+    w.haveSignature = signature;
+    w.setStateValue("have", have);
+  }
+  w.setStateValue("answers", w.outbox.map((a) => ({ ...a })));
+}
+
+function scheduleSend(w, ms) {
+  if (w.sendTimer) return;
+  w.sendTimer = setTimeout(() => {
+    w.sendTimer = null;
+    if (w.outbox.length && w.root && w.root.isConnected) send(w);
+  }, Math.max(10, ms));
+}
+
+function afterRedraw(w) {
+  // The redraw settled the last send when none of its answers is still waiting.
+  if (w.inflight && w.inflight.uids.every((u) => w.settledUids.has(u) || w.refusedUids.has(u))) {
+    w.inflight = null;
+  }
+  const unsent = w.outbox.some((a) => !w.inflight || !w.inflight.uids.includes(a.uid));
+  if (!w.inflight && unsent) send(w);
 }
 
 function restoreOutbox(w) {
@@ -77,7 +124,7 @@ function restoreOutbox(w) {
   restored.sort((a, b) => (a.t || 0) - (b.t || 0));
   for (const a of restored) {
     w.outbox.push(a);
-    if (a.action === "answer" || a.action === "skip") w.done.add(a.image_id);
+    if (a.action === "answer" || a.action === "skip" || a.action === "flag") w.done.add(a.image_id);
     else if (a.action === "undo") w.done.delete(a.image_id);
   }
   return true;
@@ -86,21 +133,27 @@ function restoreOutbox(w) {
 function settle(w, acked, refused) {
   let changed = false;
   const settleOne = (uid) => {
-    if (w.settledUids.has(uid)) return false;
-    w.settledUids.add(uid);
+    if (w.settledUids.has(uid) || w.refusedUids.has(uid)) return false;
     const i = w.outbox.findIndex((a) => a.uid === uid);
     if (i >= 0) w.outbox.splice(i, 1);
     changed = true;
     return i >= 0;
   };
-  for (const uid of acked || []) if (settleOne(String(uid))) w.saved += 1;
+  for (const uid of acked || []) {
+    const s = String(uid);
+    if (settleOne(s)) w.saved += 1;
+    w.settledUids.add(s);
+  }
   for (const [uid, reason] of Object.entries(refused || {})) {
-    if (settleOne(String(uid))) {
+    const s = String(uid);
+    if (settleOne(s)) {
       w.refused += 1;
       note(w, "not saved: " + String(reason));
     }
+    if (!w.refusedUids.has(s)) w.refusedUids.set(s, String(reason));
   }
   if (changed) persist(w);
+  return changed;
 }
 
 // ---------------------------------------------------------------- answers
@@ -127,13 +180,22 @@ function record(w, answer) {
   renderSaved(w);
 }
 
+function onScreen(w) {
+  const item = w.editing ? w.editing.item : w.queue[0] || null;
+  // An image whose picture has not arrived is not on screen: a key must not answer it blind.
+  return item && w.srcs.has(item.image_id) ? item : null;
+}
+
 // One function for keys and clicks: read the item on screen, tag the answer with it, and move
 // the display on before returning, so the next key sees the next image.
 function perform(w, act) {
-  const item = w.queue[0] || null;
-  if (act.type === "undo") return undo(w);
+  if (act.type === "undo") {
+    if (w.editing) return stopEditing(w);
+    return undo(w);
+  }
+  const item = onScreen(w);
   if (act.type === "submit") {
-    record(w, makeAnswer(item, "submit", null));
+    record(w, makeAnswer(w.queue[0] || null, "submit", null));
     note(w, "batch submitted");
     return;
   }
@@ -155,36 +217,77 @@ function perform(w, act) {
       return;
     }
     cls = w.classes[act.index];
+  } else if (act.type === "flag") {
+    action = "flag";
   } else {
     action = "skip";
   }
   const answer = makeAnswer(item, action, cls);
-  w.queue.shift();
+  const entry = { item, action, cls, uid: answer.uid };
+  if (w.editing) {
+    // A change is a new answer for the same image: it replaces the old one in the list and
+    // becomes the newest answer (the one undo takes back first, as the server sees it too).
+    w.history = w.history.filter((h) => h !== w.editing);
+    w.editing = null;
+    note(w, `changed: ${item.name || "image " + item.image_id} is now ${answerText(entry)}`);
+  } else {
+    w.queue.shift();
+  }
   item.restored = false;
   w.done.add(item.image_id);
-  w.history.push(item);
+  w.history.push(entry);
   showCurrent(w);
   record(w, answer);
+  renderHistory(w);
 }
 
 function undo(w) {
-  const item = w.history.pop();
-  if (!item) {
+  const entry = w.history.pop();
+  if (!entry) {
     note(w, "nothing to undo");
     return;
   }
+  const item = entry.item;
   w.done.delete(item.image_id);
   item.restored = true;   // keep it on screen even if the server's window does not list it yet
   w.queue = [item].concat(w.queue.filter((x) => x.image_id !== item.image_id));
   showCurrent(w);
   record(w, makeAnswer(item, "undo", null));
+  renderHistory(w);
+}
+
+// After a reload: the last answers as the store has them (saved, by definition), so the list and
+// undo go on where the last page left off.
+function seedHistory(w, rows) {
+  for (const r of rows) {
+    if (r.src) w.srcs.set(r.image_id, r.src);
+    const item = { image_id: r.image_id, name: r.name, suggestion: null, confidence: null,
+                   model_version: null, mark: null, restored: false };
+    w.done.add(r.image_id);
+    w.history.push({ item, action: r.action, cls: r.class, uid: null });
+  }
+  renderHistory(w);
+}
+
+function startEditing(w, entry) {
+  w.editing = entry;
+  showCurrent(w);
+}
+
+function stopEditing(w) {
+  w.editing = null;
+  showCurrent(w);
 }
 
 // ---------------------------------------------------------------- merging Python's window
 
 function mergeItems(w, incoming) {
   const fresh = new Map();
-  for (const it of incoming) fresh.set(it.image_id, it);
+  for (const it of incoming) {
+    if (it.src) w.srcs.set(it.image_id, it.src);
+    const { src, ...rest } = it;   // pictures live in w.srcs, by image id
+    fresh.set(it.image_id, rest);
+  }
   const current = w.queue[0] || null;
   const next = [];
   const seen = new Set();
@@ -203,7 +306,7 @@ function mergeItems(w, incoming) {
   };
   if (current) keep(current, true);
   for (const old of w.queue.slice(1)) keep(old, false);
-  for (const it of incoming) {
+  for (const it of fresh.values()) {
     if (!seen.has(it.image_id) && !w.done.has(it.image_id)) {
       next.push({ ...it, restored: false });
       seen.add(it.image_id);
@@ -223,14 +326,16 @@ function el(tag, className, text) {
 }
 
 function imageFor(w, item) {
+  const src = w.srcs.get(item.image_id);
+  if (!src) return null;
   let img = w.images.get(item.image_id);
-  if (img && img.__src === item.src) return img;
+  if (img && img.__src === src) return img;
   img = new Image();
-  img.__src = item.src;
+  img.__src = src;
   img.className = "lw-img";
   img.alt = String(item.name ?? "");
   img.draggable = false;
-  img.src = item.src;
+  img.src = src;
   // Decode ahead so showing it later is a synchronous swap; until decoded the stage stays blank,
   // never showing an earlier picture.
   img.decode().then(() => {
@@ -245,19 +350,36 @@ function imageFor(w, item) {
 function preload(w) {
   const wanted = new Set();
   for (const item of w.queue) { imageFor(w, item); wanted.add(item.image_id); }
-  for (const item of w.history.slice(-10)) wanted.add(item.image_id);
+  for (const entry of w.history.slice(-HISTORY_SHOWN)) wanted.add(entry.item.image_id);
   for (const id of Array.from(w.images.keys())) if (!wanted.has(id)) w.images.delete(id);
+  const keep = new Set(wanted);
+  for (const entry of w.history.slice(-SRCS_KEPT)) keep.add(entry.item.image_id);
+  for (const id of Array.from(w.srcs.keys())) if (!keep.has(id)) w.srcs.delete(id);
+}
+
+function answerText(entry) {
+  if (entry.action === "skip") return "skipped";
+  if (entry.action === "flag") return "flagged for the lead";
+  return String(entry.cls);
 }
 
 function showCurrent(w) {
   const els = w.els;
   if (!els) return;
-  const item = w.queue[0] || null;
+  const item = onScreen(w);
   els.root.dataset.imageId = item ? String(item.image_id) : "";
   els.root.dataset.suggestion = suggestionShown(item) ? String(item.suggestion) : "";
   els.root.dataset.modelVersion = suggestionShown(item) ? String(item.model_version ?? "") : "";
+  els.root.dataset.editing = w.editing ? String(w.editing.item.image_id) : "";
+  els.editing.hidden = !w.editing;
+  if (w.editing) {
+    els.editing.textContent = `Changing your answer (${answerText(w.editing)}) for this image: `
+      + "press a class key, Enter, S or F; Esc or U leaves it as it was.";
+  }
   if (!item) {
-    els.stage.replaceChildren(el("div", "lw-waiting", "Waiting for more images..."));
+    const loading = w.queue.length > 0;
+    els.stage.replaceChildren(el("div", "lw-waiting",
+                                 loading ? "Loading the picture..." : "Waiting for more images..."));
     els.name.textContent = "";
     els.suggestion.textContent = "";
     els.mark.textContent = "";
@@ -299,12 +421,49 @@ function renderClasses(w) {
     b.type = "button";
     b.tabIndex = -1;   // a focused button would also react to Enter
     b.__cls = cls;
+    b.title = cls;
     const label = keyLabel(index);
     if (label) b.append(el("kbd", "lw-key", label));
     b.append(el("span", "lw-class-name", cls));
     b.addEventListener("mousedown", (e) => e.preventDefault());
     b.addEventListener("click", () => perform(w, { type: "class", index, label: label || cls }));
     box.append(b);
+  });
+  w.els.filter.hidden = w.classes.length < FILTER_FROM;
+  applyFilter(w);
+}
+
+function filterMatches(w) {
+  const text = w.els.filter.value.trim().toLowerCase();
+  return w.classes.map((c, i) => [c, i]).filter(([c]) => !text || c.toLowerCase().includes(text));
+}
+
+function applyFilter(w) {
+  const shown = new Set(filterMatches(w).map(([, i]) => i));
+  Array.from(w.els.classes.children).forEach((b, i) => { b.hidden = !shown.has(i); });
+}
+
+function bindFilter(w) {
+  const box = w.els.filter;
+  box.addEventListener("input", () => applyFilter(w));
+  box.addEventListener("keydown", (e) => {
+    if (e.key === "Escape") {
+      box.value = "";
+      applyFilter(w);
+      box.blur();
+    } else if (e.key === "Enter") {
+      e.preventDefault();
+      const matches = filterMatches(w);
+      if (matches.length !== 1) {
+        note(w, matches.length ? `${matches.length} classes match: type more` : "no class matches");
+        return;
+      }
+      box.value = "";
+      applyFilter(w);
+      box.blur();   // the next digit labels again
+      const [cls, index] = matches[0];
+      perform(w, { type: "class", index, label: cls });
+    }
   });
 }
 
@@ -316,15 +475,83 @@ function renderSaved(w) {
   w.els.saved.textContent = parts.join(" · ");
   w.els.root.dataset.outbox = String(w.outbox.length);
   w.els.root.dataset.saved = String(w.saved);
+  renderHistoryMarks(w);
+}
+
+function entryState(w, entry) {
+  if (entry.uid === null) return ["saved", "✓ saved"];
+  if (w.refusedUids.has(entry.uid)) return ["refused", "✗ not saved: " + w.refusedUids.get(entry.uid)];
+  if (w.settledUids.has(entry.uid)) return ["saved", "✓ saved"];
+  return ["sending", "… sending"];
+}
+
+function renderHistory(w) {
+  if (!w.els) return;
+  const list = w.els.history;
+  const shown = w.history.slice(-HISTORY_SHOWN).reverse();
+  w.els.historyBox.hidden = shown.length === 0;
+  list.replaceChildren();
+  for (const entry of shown) {
+    const li = el("li", "lw-history-entry");
+    const b = el("button", "lw-history-button");
+    b.type = "button";
+    b.tabIndex = -1;
+    b.dataset.imageId = String(entry.item.image_id);
+    const src = w.srcs.get(entry.item.image_id);
+    if (src) {
+      const thumb = el("img", "lw-thumb");
+      thumb.src = src;
+      thumb.alt = "";
+      b.append(thumb);
+    }
+    const text = el("span", "lw-history-text");
+    const name = String(entry.item.name || `image ${entry.item.image_id}`);
+    text.append(el("span", "lw-history-answer", answerText(entry)),
+                el("span", "lw-history-name", name.split("/").pop()));
+    const mark = el("span", "lw-history-state");
+    text.append(mark);
+    b.append(text);
+    b.__entry = entry;
+    b.addEventListener("mousedown", (e) => e.preventDefault());
+    b.addEventListener("click", () => startEditing(w, entry));
+    li.append(b);
+    list.append(li);
+  }
+  renderHistoryMarks(w);
+}
+
+function renderHistoryMarks(w) {
+  if (!w.els) return;
+  for (const b of w.els.history.querySelectorAll(".lw-history-button")) {
+    const [state, text] = entryState(w, b.__entry);
+    b.dataset.state = state;
+    b.querySelector(".lw-history-state").textContent = text;
+  }
+}
+
+function fmt(n) {
+  return Number(n).toLocaleString("en-US");
 }
 
 function renderStatus(w) {
+  const s = w.status || {};
+  const num = (v) => typeof v === "number" && Number.isFinite(v);
+  const plural = (n, one, many) => `${fmt(n)} ${n === 1 ? one : many}`;
   const parts = [];
-  for (const [k, v] of Object.entries(w.status || {})) {
-    if (k === "message" || v === null || v === undefined) continue;
-    parts.push(`${k}: ${typeof v === "object" ? JSON.stringify(v) : String(v)}`);
+  if (num(s.left)) parts.push(`${plural(s.left, "image", "images")} left to label`);
+  if (num(s.mine)) {
+    parts.push(`your labels: ${num(s.mine_since) ? fmt(s.mine_since) + " this session, " : ""}`
+      + `${fmt(s.mine)} in all`);
   }
-  if (w.status && w.status.message) parts.push(String(w.status.message));
+  if (num(s.team)) parts.push(`labels by everyone: ${fmt(s.team)}`);
+  if (num(s.pending) && num(s.batch)) {
+    parts.push(`${fmt(s.pending)} of ${fmt(s.batch)} answers waiting to be submitted`);
+  }
+  if (s.model_version !== null && s.model_version !== undefined) {
+    parts.push(`suggestions by model v${s.model_version}`);
+  }
+  if (num(s.flagged) && s.flagged) parts.push(`${plural(s.flagged, "image", "images")} flagged for the lead`);
+  if (s.message) parts.push(String(s.message));
   w.els.server.textContent = parts.join(" · ");
 }
 
@@ -343,14 +570,18 @@ function bindDom(w, parentElement) {
   const q = (s) => root.querySelector(s);
   w.els = { root, stage: q(".lw-stage"), name: q(".lw-name"), suggestion: q(".lw-suggestion"),
             mark: q(".lw-mark"), classes: q(".lw-classes"), note: q(".lw-note"),
-            saved: q(".lw-saved"), server: q(".lw-server") };
+            saved: q(".lw-saved"), server: q(".lw-server"), filter: q(".lw-filter"),
+            editing: q(".lw-editing"), history: q(".lw-history"),
+            historyBox: q(".lw-history-box") };
+  w.els.stage.addEventListener("click", () => w.els.stage.classList.toggle("lw-zoomed"));
+  bindFilter(w);
   w.classesSignature = null;   // a new DOM needs its buttons drawn
   return true;
 }
 
 // ---------------------------------------------------------------- keys
 
-function isTyping(e) {
+function typingTarget(e) {
   let target = e.composedPath ? e.composedPath()[0] : e.target;
   if (!(target instanceof Element)) {
     target = document.activeElement;
@@ -358,11 +589,11 @@ function isTyping(e) {
       target = target.shadowRoot.activeElement;
     }
   }
-  if (!target || !(target instanceof Element)) return false;
-  if (target.isContentEditable) return true;
+  if (!target || !(target instanceof Element)) return null;
+  if (target.isContentEditable) return target;
   const tag = target.tagName;
-  if (tag === "TEXTAREA" || tag === "SELECT") return true;
-  return tag === "INPUT" && !TYPING_INPUT_TYPES.has((target.type || "").toLowerCase());
+  if (tag === "TEXTAREA" || tag === "SELECT") return target;
+  return tag === "INPUT" && !TYPING_INPUT_TYPES.has((target.type || "").toLowerCase()) ? target : null;
 }
 
 function keyAction(key) {
@@ -373,6 +604,7 @@ function keyAction(key) {
   }
   const k = key.length === 1 ? key.toLowerCase() : key;
   if (k === "s" || k === "ArrowRight") return { type: "skip" };
+  if (k === "f") return { type: "flag" };
   if (k === "u" || k === "ArrowLeft") return { type: "undo" };
   if (k === "b") return { type: "submit" };
   return null;
@@ -382,18 +614,42 @@ function installKeys(w) {
   if (w.onKey) return;
   w.onKey = (e) => {
     if (!w.root || !w.root.isConnected) return;
-    if (e.ctrlKey || e.altKey || e.metaKey || isTyping(e)) return;
+    const typing = typingTarget(e);
+    if (typing) {
+      // A one-line text box elsewhere on the page (naming yourself, a note) lets go of the
+      // focus once its text is entered, so the next key labels instead of typing on.
+      if ((e.key === "Enter" || e.key === "Escape") && typing.tagName === "INPUT"
+          && !w.root.contains(typing)) {
+        setTimeout(() => typing.blur(), 0);
+      }
+      return;
+    }
+    if (e.ctrlKey || e.altKey || e.metaKey) return;
+    if (e.key === "/" && !w.els.filter.hidden) {
+      e.preventDefault();
+      e.stopPropagation();
+      w.els.filter.focus();
+      return;
+    }
+    if (e.key === "Escape") {
+      if (w.editing) stopEditing(w);
+      w.els.stage.classList.remove("lw-zoomed");
+      return;
+    }
     const act = keyAction(e.key);
     if (!act) return;
-    e.preventDefault();   // also stops a focused button elsewhere from clicking on Enter
+    // Ours, before anything else on the page sees it: a focused button would click on Enter, a
+    // focused radio (the mode) would change on an arrow.
+    e.preventDefault();
+    e.stopPropagation();
     if (e.repeat) return; // a held key must not label a run of images
     perform(w, act);
   };
-  document.addEventListener("keydown", w.onKey);
+  window.addEventListener("keydown", w.onKey, true);   // capture: before the page's own handlers
 }
 
 function removeKeys(w) {
-  if (w.onKey) document.removeEventListener("keydown", w.onKey);
+  if (w.onKey) window.removeEventListener("keydown", w.onKey, true);
   w.onKey = null;
 }
 
@@ -421,14 +677,18 @@ export default function labelWidget(component) {
     renderClasses(w);
   }
   settle(w, data.acked, data.refused);
+  if (!w.history.length && !w.outbox.length && (data.history || []).length) seedHistory(w, data.history);
   const moved = mergeItems(w, data.items || []);
   preload(w);
-  if (moved || fresh) showCurrent(w);
+  if (moved || fresh || !w.els.stage.querySelector("img")) showCurrent(w);
   renderSaved(w);
   renderStatus(w);
+  if (fresh) renderHistory(w);
   installKeys(w);
+  if (fresh) w.haveSignature = null;   // a new mount's state starts empty on the server
   // A fresh server session knows nothing of answers typed before a reload: send them again.
-  if (resend || (fresh && w.outbox.length)) send(w);
+  if (resend || (fresh && w.outbox.length)) send(w, true);
+  else afterRedraw(w);
 
   // Streamlit calls only the last returned cleanup, on unmount, possibly after a new mount.
   const mounted = w.root;

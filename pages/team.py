@@ -17,6 +17,7 @@ def team_page() -> None:
     project = sidebar(person)
     st.title(f"Team: {project.name}")
     conflicts_panel(project, person)
+    flags_panel(project, person)
     agreement_panel(project)
 
 
@@ -66,6 +67,29 @@ def conflicts_panel(project, person) -> None:
                         st.rerun()
                     except StoreError as exc:
                         st.error(str(exc))
+
+
+def flags_panel(project, person) -> None:
+    """Images annotators flagged as unclear or none of the classes: no label, out of the queue
+    until the lead sends them back (never to the person who flagged them)."""
+    rows = project.store.flags(project.id)
+    st.subheader(f"Flagged ({len(rows)} image(s))")
+    if not rows:
+        st.caption("No image is flagged. Annotators press F on an image that is unclear or fits "
+                   "none of the classes; it comes here instead of becoming a label.")
+        return
+    st.caption("Flagged images are not labels: they are left out of training and exports, and "
+               "out of everyone's queue until you send them back (never to who flagged them).")
+    for row in rows[:50]:
+        with st.container(border=True):
+            left, right = st.columns([1, 4])
+            data = picture(project, row["path"], 120)
+            if data:
+                left.image(data, width=120)
+            right.markdown(f"`{escape(row['path'])}`: flagged by {escape(row['annotator'])}")
+            if right.button("Back to the queue", key=f"unflag-{row['image_id']}-{row['annotator']}"):
+                project.store.resolve_flag(project.id, row["image_id"], person.name)
+                st.rerun()
 
 
 def _settle(project, person, image_id: int, class_name: str) -> None:

@@ -8,7 +8,8 @@ and acknowledged on the same rerun.
 LABEL_HARNESS_SLEEP_MS adds a sleep to every rerun (a busy 2-core server); `?nostore=1` makes
 the server drop every answer unstored and unacknowledged (a server the answers never reached);
 `?refuse=1` refuses every answer naming the last class, with a reason; `?callback=1` takes the
-answers in the widget's on_change callback instead of reading them before drawing it.
+answers in the widget's on_change callback instead of reading them before drawing it;
+`?classes=12` offers two more classes (past ten, the widget shows a type-to-filter box).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ STORAGE_KEY = "juicer-harness"
 CLASSES = ["red", "orange", "yellow", "green", "teal", "blue", "violet",
            "a very long class name that has to wrap onto a second line instead of being cut off",
            "<i>pink</i> & <b>co</b>", "grey"]
+EXTRA_CLASSES = ["cyan", "magenta"]
 
 
 def item_mark(image_id: int) -> str | None:
@@ -100,7 +102,7 @@ def replay(rows: list[dict]) -> tuple[set[int], int, int]:
     done: set[int] = set()
     answered = submitted = 0
     for row in rows:
-        if row["action"] in ("answer", "skip"):
+        if row["action"] in ("answer", "skip", "flag"):
             done.add(row["image_id"])
             answered += row["action"] == "answer"
         elif row["action"] == "undo":
@@ -169,7 +171,8 @@ def main() -> None:
     message = "nothing is stored (nostore=1)" if options["nostore"] else f"{len(rows)} rows stored"
     status = {"pending": len(window), "batch": BATCH, "model_version": model_version,
               "submitted": submitted, "message": message}
-    label_widget(items, CLASSES, key="label", acked=acked, refused=refused, status=status,
+    classes = CLASSES + (EXTRA_CLASSES if st.query_params.get("classes") == "12" else [])
+    label_widget(items, classes, key="label", acked=acked, refused=refused, status=status,
                  storage_key=STORAGE_KEY, on_change=on_change if use_callback else None)
 
 

@@ -156,6 +156,43 @@ def test_fast_keys_answer_the_image_on_screen_in_the_real_app(server, tmp_path):
               f"{misapplied} misapplied; key-to-next-image p50 {percentile(moves, 0.5):.0f} ms, "
               f"p95 {percentile(moves, 0.95):.0f} ms; screenshots in {tmp_path}")
 
+        # After a reload the list of last answers comes from the store, and undo goes on there.
+        page.reload()
+        page.wait_for_function("() => window.__lwRoot() && window.__lwRoot().dataset.imageId !== ''",
+                               timeout=60_000)
+        page.locator("h1").first.click()
+        newest = page.evaluate("() => window.__lwRoot().querySelector('.lw-history-button')"
+                               ".dataset.imageId")
+        page.keyboard.press("u")
+        page.wait_for_function("() => window.__lwRoot().dataset.outbox === '0'", timeout=60_000)
+        assert page.evaluate("() => window.__lwRoot().dataset.imageId") == newest   # back
+
+        # Grid mode with keys: an arrow moves, Space marks wrong, Enter confirms the rest; the
+        # grid's images are held on a short lease while shown.
+        page.get_by_text("Grid", exact=True).click()
+        page.locator(".lg-cell").first.wait_for(timeout=60_000)
+        shown = [int(i) for i in page.locator(".lg-cell").evaluate_all(
+            "cells => cells.map(c => c.dataset.imageId)")]
+        page.keyboard.press("ArrowRight")
+        page.keyboard.press(" ")
+        grid = lambda: page.locator(".lg-root").evaluate("r => ({...r.dataset})")
+        assert grid()["wrong"] == str(shown[1]) and grid()["focus"] == str(shown[1])
+        from loop.project import Project
+        from loop.session import GRID_LEASE_SECONDS
+        project = Project.open("demo", data)
+        leases = [x for x in project.store.leases(project.id, "lead") if x["origin"] == "grid"]
+        assert sorted(x["image_id"] for x in leases) == sorted(shown)
+        assert all(x["expires_at"] - time.time() <= GRID_LEASE_SECONDS + 1 for x in leases)
+        page.keyboard.press("Enter")
+        deadline = time.time() + 60
+        while time.time() < deadline and not [
+                e for e in project.store.label_events(project.id) if e["origin"] == "grid"]:
+            time.sleep(0.2)
+        confirmed = {e["image_id"] for e in project.store.label_events(project.id)
+                     if e["origin"] == "grid"}
+        assert confirmed == set(shown) - {shown[1]}
+        page.screenshot(path=str(tmp_path / "label-grid.png"), full_page=True)
+
         # A batch of 10 was submitted on its own; the head retrains in the background and the
         # lead pages show it.
         page.wait_for_function("() => document.cookie.includes('juicer_token=')", timeout=30_000)

@@ -215,6 +215,73 @@ def test_python_side_stores_once_and_acknowledges(tmp_path, monkeypatch):
     assert [r["uid"] for r in stored(log_path)] == ["u1", "u2"]
 
 
+@pytest.fixture
+def app(tmp_path, monkeypatch, demo_project, shared_cache):
+    """The real app through AppTest on its own data root (as tests/test_app.py's fixture)."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import SHARED_DATA
+    from tests.test_app import LEAD
+
+    monkeypatch.setenv("JUICER_DATA", str(tmp_path))
+    monkeypatch.setenv("JUICER_CACHE", str(shared_cache))
+    monkeypatch.setenv("JUICER_LEAD_TOKEN", LEAD)
+    (tmp_path / "datasets").symlink_to(SHARED_DATA / "datasets")
+    for name in [m for m in sys.modules if m == "app" or m.startswith("pages")]:
+        sys.modules.pop(name)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    return AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
+
+
+def _label_widget_data(at) -> dict:
+    """The data the Label page gave its widget on the last run (the real app, through AppTest)."""
+    def walk(node):
+        yield node
+        children = getattr(node, "children", None)
+        for child in children.values() if isinstance(children, dict) else []:
+            yield from walk(child)
+    for node in walk(at._tree):
+        text = getattr(getattr(node, "proto", None), "json", None)
+        if isinstance(text, str) and '"items"' in text and '"classes"' in text:
+            return json.loads(text)
+    raise AssertionError("no label widget was drawn")
+
+
+def test_the_label_page_sends_each_picture_once(app):
+    """Pictures go with the first run only; later runs send the ids, suggestions and versions of
+    the window but not the pictures the browser says it holds (and again those it does not)."""
+    from tests.test_app import LEAD, button, widget_key
+
+    at = app.run()
+    at.text_input[0].input(LEAD)
+    button(at, "Sign in").click().run()
+    first = _label_widget_data(at)
+    assert len(first["items"]) == 12 and all(i["src"].startswith("data:image/") for i in first["items"])
+    assert all("/" not in i["name"] for i in first["items"])        # the folder is the answer
+    held = [i["image_id"] for i in first["items"]]
+    answer = {"uid": "p1", "image_id": held[0], "action": "answer", "class": "Cow"}
+    at.session_state[widget_key(at)] = {"answers": [answer], "have": held[1:]}
+    at.run()
+    second = _label_widget_data(at)
+    assert "p1" in second["acked"] and held[0] not in [i["image_id"] for i in second["items"]]
+    srcs = {i["image_id"]: i["src"] for i in second["items"]}
+    assert all(srcs[i] is None for i in held[1:])                    # held: not sent again
+    assert all(src for i, src in srcs.items() if i not in held)     # the new one: sent
+    assert second["status"]["pending"] == 1 and second["status"]["left"] > 0
+    assert first["history"] == [] and second["history"] == []        # sent once per session
+
+    # A reload (a new session) starts its list of answers from the store.
+    from streamlit.testing.v1 import AppTest
+    again = AppTest.from_file(str(REPO / "app.py"), default_timeout=300).run()
+    again.text_input[0].input(LEAD)
+    button(again, "Sign in").click().run()
+    history = _label_widget_data(again)["history"]
+    assert [(h["image_id"], h["action"], h["class"]) for h in history] == [(held[0], "answer", "Cow")]
+    assert history[0]["src"].startswith("data:image/")
+
+
 def test_items_are_checked_and_marked_suggestions_withheld():
     from pages.label_widget import _item
 
@@ -312,10 +379,13 @@ def test_answers_survive_a_closed_tab_exactly_once(harness, browser, callback):
     for key in ["4", "s", "1"]:   # keys that answer whatever image is on screen
         page.keyboard.press(key)
         page.wait_for_timeout(15)
+    # Read now too: the first of them may be acknowledged (and gone from storage) before the
+    # others reach the server (the widget sends once a redraw settled its last send).
+    typed = page.evaluate(f"() => JSON.parse(localStorage.getItem({json.dumps(STORAGE_KEY)}))")
     deadline = time.time() + 20
     while len(stored(log_path)) < count + 3 and time.time() < deadline:
         time.sleep(0.005)
-    third = page.evaluate(f"() => JSON.parse(localStorage.getItem({json.dumps(STORAGE_KEY)}))")
+    third = typed + page.evaluate(f"() => JSON.parse(localStorage.getItem({json.dumps(STORAGE_KEY)}))")
     stored_unacked = int(dataset(page)["outbox"])
     reload(page)
     wait_outbox_empty(page)
@@ -332,7 +402,7 @@ def test_answers_survive_a_closed_tab_exactly_once(harness, browser, callback):
     assert page.evaluate(f"() => localStorage.getItem({json.dumps(STORAGE_KEY)})") == "[]"
     print(f"\nclosed tab: {len(first)} answers never stored were re-sent after the tab closed; "
           f"{unacked_at_reload} of {len(second)} unacknowledged at an immediate reload; "
-          f"{stored_unacked} of {len(third)} stored but unacknowledged at a reload; "
+          f"{stored_unacked} of {len({a['uid'] for a in third})} stored but unacknowledged at a reload; "
           f"{len(rows)} stored, each once")
 
 
@@ -352,6 +422,12 @@ def test_keys_in_a_text_box_do_not_answer(harness, browser):
     page.wait_for_timeout(1500)
     assert box.input_value() == "12su b0"
     assert dataset(page)["imageId"] == before and dataset(page)["outbox"] == "0"
+    # Entered: the box lets go of the focus, so the next key labels instead of typing on.
+    page.keyboard.press("s")
+    wait_outbox_empty(page)
+    assert box.input_value() == "12su b0"
+    assert [(r["action"], r["image_id"]) for r in stored(log_path)] == [("skip", int(before))]
+    before = dataset(page)["imageId"]
 
     # Modifier keys are the browser's, not the widget's.
     page.locator("h1").first.click()
@@ -359,7 +435,7 @@ def test_keys_in_a_text_box_do_not_answer(harness, browser):
         page.keyboard.press(key)
     page.wait_for_timeout(500)
     assert dataset(page)["imageId"] == before
-    assert stored(log_path) == []
+    assert len(stored(log_path)) == 1
 
     # Class names are text, never markup; a plain key answers.
     shadow_markup = page.evaluate(
@@ -369,7 +445,7 @@ def test_keys_in_a_text_box_do_not_answer(harness, browser):
     assert shadow_markup == 0 and names == CLASSES
     page.keyboard.press("s")
     wait_outbox_empty(page)
-    assert [(r["action"], r["image_id"]) for r in stored(log_path)] == [("skip", int(before))]
+    assert [(r["action"], r["image_id"]) for r in stored(log_path)][-1] == ("skip", int(before))
 
     # A refused answer leaves the outbox with its reason shown, and is not stored.
     page = open_page(context, url + "/?refuse=1")
@@ -379,5 +455,80 @@ def test_keys_in_a_text_box_do_not_answer(harness, browser):
     assert note == f"not saved: {CLASSES[-1]!r} is retired"
     saved_line = page.evaluate("() => window.__lwRoot().querySelector('.lw-saved').textContent")
     assert "1 refused" in saved_line
-    assert len(stored(log_path)) == 1
+    assert len(stored(log_path)) == 2
 
+
+
+def shadow(page, selector: str, what: str = "e => e.textContent"):
+    return page.evaluate(f"() => [...window.__lwRoot().querySelectorAll({json.dumps(selector)})]"
+                         f".map({what})")
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_flag_filter_box_and_changing_an_answer_from_the_list(harness, browser):
+    """F flags; past ten classes a filter box picks by typing (its keys label nothing, and the
+    focus comes back); a click on a past answer changes it (a new answer for that image)."""
+    url, log_path = harness(sleep_ms=0)
+    context = browser.new_context()
+    context.add_init_script(CAPTURE)
+    page = open_page(context, url + "/?classes=12")
+    flagged = int(dataset(page)["imageId"])
+    page.keyboard.press("f")
+
+    filtered = int(dataset(page)["imageId"])
+    page.keyboard.press("/")
+    page.keyboard.type("1s", delay=20)               # typed into the box: no key answers
+    page.keyboard.press("Backspace")
+    page.keyboard.press("Backspace")
+    page.keyboard.type("cya", delay=20)
+    assert shadow(page, ".lw-class:not([hidden]) .lw-class-name") == ["cyan"]
+    page.keyboard.press("Enter")                     # the single match
+    after_filter = int(dataset(page)["imageId"])
+    page.keyboard.press("1")                         # the box let go: a digit labels again
+    wait_outbox_empty(page)
+    rows = [(r["action"], r["image_id"], r["class"]) for r in stored(log_path)]
+    assert rows == [("flag", flagged, None), ("answer", filtered, "cyan"),
+                    ("answer", after_filter, CLASSES[0])]
+
+    on_screen = dataset(page)["imageId"]
+    assert shadow(page, ".lw-history-answer")[:3] == [CLASSES[0], "cyan", "flagged for the lead"]
+    page.locator(f".lw-history-button[data-image-id='{filtered}']").click()
+    assert dataset(page)["editing"] == str(filtered) and dataset(page)["imageId"] == str(filtered)
+    page.keyboard.press("2")
+    wait_outbox_empty(page)
+    assert dataset(page)["editing"] == "" and dataset(page)["imageId"] == on_screen
+    assert [(r["action"], r["image_id"], r["class"]) for r in stored(log_path)][-1] == (
+        "answer", filtered, CLASSES[1])
+    assert shadow(page, ".lw-history-answer")[0] == CLASSES[1]     # the newest answer now
+    assert "✓ saved" in shadow(page, ".lw-history-state")[0]
+
+    # The fake model retrains every 10 answers: the images waiting in the browser get the new
+    # suggestions in place; the one on screen keeps what it shows.
+    from tests.label_widget_harness import BATCH, replay
+    while replay(stored(log_path))[1] < BATCH:
+        page.keyboard.press("1")
+        wait_outbox_empty(page)
+    page.keyboard.press("s")            # one more run, drawn after the retrain
+    wait_outbox_empty(page)
+    queue = page.evaluate("() => window.__juicerLabelWidget['label'].queue.map(i => i.model_version)")
+    assert len(queue) > 2 and set(queue[1:]) == {2}
+
+
+def test_the_team_page_lists_flagged_images_and_sends_them_back(app, tmp_path):
+    from loop.project import Project
+    from loop.session import LabelingSession
+    from tests.test_app import button, page
+
+    app.run()
+    project = Project.open("demo", tmp_path)
+    ana = LabelingSession(project, "ana")
+    image = ana.current().image_id
+    ana.answer(image, None, flag=True)
+    ana.submit()
+    at = page("team_page").run()
+    assert "Flagged (1 image(s))" in [s.value for s in at.subheader]
+    assert any("flagged by ana" in m.value for m in at.markdown)
+    button(at, "Back to the queue").click().run()
+    assert not at.exception and project.store.flags(project.id) == []
+    assert image not in project.store.current_labels(project.id)        # still no label

@@ -276,3 +276,119 @@ def test_undo_takes_back_a_submitted_skip_too(project):
     assert session.undo(two.image_id) == two.image_id        # the skip, not the label before it
     assert session.current().image_id == two.image_id
     assert session.undo() == one.image_id
+
+
+def test_a_flag_goes_to_the_lead_is_no_label_and_never_comes_back_to_its_flagger(project):
+    ana, ben = LabelingSession(project, "ana"), LabelingSession(project, "ben")
+    flagged = ana.current().image_id
+    result = ana.apply([{"uid": "f1", "image_id": flagged, "action": "flag", "class": "Cow"}])
+    assert result["acked"] == ["f1"]
+    assert project.store.drafts(project.id, "ana")[0]["flagged"] == 1
+    assert ana.submit()["flagged"] == [flagged]
+    assert [f["image_id"] for f in project.store.flags(project.id)] == [flagged]
+    assert flagged not in project.store.current_labels(project.id)         # not a label
+    assert ana.progress()["flagged"] == 1
+    # Out of everyone's queue while open, and never back to ana even after the lead looked.
+    seen_by_ben = set()
+    for _ in range(6):
+        seen_by_ben |= {i.image_id for i in ben.window()}
+        assert flagged not in {i.image_id for i in ana.window()}
+        for session in (ana, ben):
+            item = session.current()
+            session.answer(item.image_id, truth(project, item.image_id))
+    assert flagged not in seen_by_ben
+    assert project.store.resolve_flag(project.id, flagged, "lead") == 1
+    assert project.store.flags(project.id) == []
+    assert flagged not in {i.image_id for i in ana.window(40)}
+    assert flagged in {i.image_id for i in LabelingSession(project, "cy").window(40)}
+
+
+def test_undo_takes_back_a_submitted_flag(project):
+    ana = LabelingSession(project, "ana")
+    image = ana.current().image_id
+    ana.answer(image, None, flag=True)
+    ana.submit()
+    assert ana.undo() == image and project.store.flags(project.id) == []
+    assert ana.current().image_id == image                                 # back on screen
+
+
+def test_an_answer_is_changed_by_answering_again_pending_or_submitted(project):
+    ana = LabelingSession(project, "ana")
+    image = ana.current().image_id
+    ana.apply([{"uid": "a1", "image_id": image, "action": "answer", "class": "Cow"},
+               {"uid": "a2", "image_id": image, "action": "answer", "class": "Cat"}])
+    assert [(d["image_id"], d["class_id"]) for d in ana.pending()] == [
+        (image, project.store.class_id(project.id, "Cat"))]               # the draft replaced
+    ana.submit()
+    cat, zebra = (project.store.class_id(project.id, c) for c in ("Cat", "Zebra"))
+    assert project.store.current_labels(project.id)[image] == cat
+    ana.apply([{"uid": "a3", "image_id": image, "action": "answer", "class": "Zebra"}])
+    ana.submit()
+    assert project.store.current_labels(project.id)[image] == zebra        # a new event, mine
+    assert [e["class_id"] for e in project.store.label_events(project.id, image)][-2:] == [cat, zebra]
+
+
+def test_progress_is_one_read_of_left_mine_the_team_and_pending(project):
+    ana, ben = LabelingSession(project, "ana"), LabelingSession(project, "ben")
+    start = ana.progress()
+    assert start["mine"] == 0 and start["pending"] == 0
+    since = time.time()
+    for _ in range(3):
+        item = ana.current()
+        ana.answer(item.image_id, truth(project, item.image_id))
+    assert ana.progress(since)["pending"] == 3 and ana.progress(since)["mine_since"] == 0
+    ana.submit()
+    item = ben.current()
+    ben.answer(item.image_id, truth(project, item.image_id))
+    ben.submit()
+    now = ana.progress(since)
+    assert now["mine"] == 3 and now["mine_since"] == 3 and now["pending"] == 0
+    people = len(project.store.current_labels(project.id, split="pool")) - len(
+        project.store.current_labels(project.id, split="pool", source="auto"))
+    assert now["team"] == people and now["left"] == start["left"] - 4
+    assert ana.progress(time.time() + 1)["mine_since"] == 0
+
+
+def test_grid_leases_only_what_it_shows_for_a_short_time(project):
+    from loop.session import GRID_LEASE_SECONDS
+
+    ana = LabelingSession(project, "ana")
+    cows = ana.grid("Cow", n=4)
+    leases = [lease for lease in project.store.leases(project.id, "ana") if lease["origin"] == "grid"]
+    assert {lease["image_id"] for lease in leases} == {i.image_id for i in cows}
+    assert all(lease["expires_at"] - time.time() <= GRID_LEASE_SECONDS + 1 for lease in leases)
+    cats = ana.grid("Cat", n=4)                                            # another class shown
+    held = {lease["image_id"] for lease in project.store.leases(project.id, "ana")
+            if lease["origin"] == "grid"}
+    assert held == {i.image_id for i in cats} and not held & {i.image_id for i in cows}
+    ana.release_grid()                                                     # the grid is left
+    assert not [lease for lease in project.store.leases(project.id, "ana") if lease["origin"] == "grid"]
+
+
+def test_a_batch_does_not_come_in_folder_order(tmp_path, demo_project, shared_cache):
+    """A window must not give the class away: with 10 classes, consecutive images in class
+    order (folder order: Bear, Bear, ..., Zebra) would make nearly every pair non-decreasing."""
+    import itertools
+    import shutil
+
+    from loop.queue import refresh_queue
+
+    root = tmp_path / "ten"
+    for folder in sorted(p for p in demo_project.root.iterdir() if p.is_dir()):
+        (root / folder.name).mkdir(parents=True)
+        for source in sorted(folder.glob("*.png"))[:8]:
+            shutil.copy(source, root / folder.name / source.name)
+    paths = Paths(tmp_path / "data", cache_dir=shared_cache)
+    ten = create_project(Store(paths.database), "ten", root, paths,
+                         settings=Settings(holdout_fraction=0.1, batch_size=10))
+    refresh_queue(ten)
+    position = {c: k for k, c in enumerate(ten.class_names)}
+    pairs = nondecreasing = 0
+    for name in ("ana", "ben", "cy"):
+        window = LabelingSession(ten, name, window=12).window()
+        classes = [position[truth(ten, i.image_id)] for i in window]
+        assert [i.image_id for i in window] != sorted(i.image_id for i in window)
+        pairs += len(classes) - 1
+        nondecreasing += sum(b >= a for a, b in itertools.pairwise(classes))
+    # In a random order about 55% of pairs are non-decreasing; in folder order nearly all.
+    assert nondecreasing / pairs < 0.8, (nondecreasing, pairs)

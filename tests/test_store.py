@@ -56,6 +56,20 @@ def test_a_bad_label_rejects_the_whole_batch(store, project):
     assert store.label_events(project) == []
 
 
+def test_a_snapshot_reads_one_moment_while_others_write(store, project, tmp_path):
+    a, b = image_ids(store, project)[:2]
+    store.add_labels(project, [(a, "cat")], "ana", "human")
+    other = Store(tmp_path / "j.db")                       # another process, say
+    writer = threading.Thread(target=lambda: other.add_labels(project, [(b, "dog")], "ben", "human"))
+    with store.snapshot():
+        first = store.current_labels(project)
+        writer.start()
+        writer.join()
+        assert store.current_labels(project) == first == {a: store.class_id(project, "cat")}
+        assert len(store.label_events(project)) == 1
+    assert len(store.current_labels(project)) == 2         # after it: the write shows
+
+
 def test_transaction_rolls_back_on_crash(store, project):
     a = image_ids(store, project)[0]
     with pytest.raises(RuntimeError):
