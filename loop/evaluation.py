@@ -31,6 +31,19 @@ def balanced_accuracy(y: np.ndarray, probs: np.ndarray, n_classes: int) -> float
     return float(np.mean(recalls)) if recalls else float("nan")
 
 
+def majority_baseline(y: np.ndarray) -> tuple[float, int]:
+    """(accuracy of always answering the most common class, that class): the bar a model must
+    clear before its accuracy means anything on an unbalanced hold-out set.
+
+    >>> majority_baseline(np.array([0, 1, 1, 1]))
+    (0.75, 1)
+    """
+    if not len(y):
+        return float("nan"), -1
+    counts = np.bincount(np.asarray(y, dtype=int))
+    return float(counts.max() / len(y)), int(counts.argmax())
+
+
 def decision_rules(y: np.ndarray, probs: np.ndarray, thresholds=THRESHOLDS) -> list[dict]:
     """Per rule: the share of images it decides (coverage), accuracy on those, and the errors it
     lets through per 100 images auto-accepted. The first row is argmax (threshold 0)."""

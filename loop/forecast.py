@@ -491,6 +491,11 @@ class LearningCurveForecaster:
         crossing agrees with the number said."""
         return self._at(n, self.labels_center_)
 
+    def expected_crossing(self, target: float) -> float | None:
+        """Labels at which the expected curve (predict's mean, not labels_needed's curve) first
+        reaches `target`; None if it never does by FAR labels."""
+        return _first_crossing(self.grid_, self.center_, target)
+
     def labels_needed(self, target: float) -> LabelsNeeded:
         """Labels at which the forecast first reaches `target` (a share, e.g. 0.9), with its 80%
         interval read off the band; not reachable when the forecast stays below it by FAR labels.

@@ -335,20 +335,26 @@ def study_figure(result: StudyResult):
     grid = np.geomspace(subsets["n"].min() / 1.5, right, 200)
     mean, low, high = result.forecaster.predict(grid)
     ax.plot(grid, mean, "-", color="C1", label="forecast")
-    ax.fill_between(grid, low, high, color="C1", alpha=0.2, label="80% interval")
+    ax.fill_between(grid, low, high, color="C1", alpha=0.2,
+                    label="80% interval: 8 measurements in 10 should fall inside")
     verdict = "inside" if result.inside_interval else "outside"
     ax.errorbar(full["n"], full["mean"], yerr=full["sd"].fillna(0), fmt="*", ms=12, color="C3",
                 capsize=4, label=f"measured, full pool ({verdict} the interval)")
     ax.axhline(result.target, ls="--", color="0.3", lw=1, label=f"target {result.target:.0%}")
     if result.forecaster.priors.labels_shift > 0:
         ax.plot(grid, result.forecaster.labels_curve(grid), "--", color="C2", lw=1,
-                label="curve labels needed are read from")
+                label="forecast used for \"labels needed\" (best at timing a target on real curves)")
     if needed is not None and needed <= right:
         ax.axvline(needed, ls=":", color="C2", lw=1,
                    label=f"about {needed:,.0f} labels for {result.target:.0%}")
-    ax.set(xscale="log", xlabel="labeled training images", ylabel="hold-out accuracy",
+    trained_on = ("labels people gave (random subsets of them)" if result.pool == "labels"
+                  else "labeled training images (random subsets of the pool)")
+    ax.set(xscale="log", xlabel=trained_on, ylabel="hold-out accuracy",
            ylim=(max(0.0, min(runs["accuracy"].min(), low.min()) - 0.05), 1.0),
            title=f"{result.project}: subsampling study ({result.holdout_size} hold-out images)")
+    from loop.curve import plain_log_axis
+
+    plain_log_axis(ax)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

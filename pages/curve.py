@@ -1,67 +1,122 @@
-"""The Curve page (leads): hold-out accuracy after each retrain, the forecast of how many more
-labels reach a target, the subsampling study, per-class accuracy and the hold-out gallery."""
+"""The Curve page (leads): hold-out accuracy after each retrain against the labels people gave, what
+the pool allows towards a target, the subsampling study, per-class accuracy and the hold-out gallery.
+
+Every figure of a run comes from one read of the store (`read_curve`). The page is redrawn only
+when a new evaluation arrives: a small fragment polls the newest evaluation's id every few seconds
+and reruns the page when it changed, so nothing greys out while nothing changes, and text and
+chart are always drawn together from the same target and the same evaluations."""
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 import streamlit as st
 
-from loop.curve import curve_figure, curve_rows, forecast_curve, strategy_versus_control
+from loop.curve import (
+    METRICS,
+    CurveData,
+    baseline_warning,
+    curve_figure,
+    forecast_curve,
+    human_labels,
+    per_class_rows,
+    read_curve,
+    share,
+    strategy_sentence,
+    strategy_versus_control,
+    study_versus_live,
+    target_answer,
+)
 from loop.project import Project
 from loop.study import report, run_study, study_figure
-from pages.common import allowed, data_dir, picture, project_named, sidebar
+from pages.common import allowed, data_dir, project_named, sidebar
+from pages.gallery import gallery
+
+POLL_SECONDS = 5
 
 
 def curve_page() -> None:
-    project = sidebar(allowed("lead_pages"))
+    person = allowed("lead_pages")
+    project = sidebar(person)
     st.title(f"Learning curve: {project.name}")
-    live_curve(project)
-    gallery(project)
-
-
-@st.fragment(run_every=5)
-def live_curve(project: Project) -> None:
-    rows = curve_rows(project)
-    if not rows:
+    data = read_curve(project)
+    watch_for_new_evaluations(project, data.newest_id)
+    if data.last is None:
         st.info("No model yet: the curve starts with the first retrain.")
         return
-    last = rows[-1]
-    st.markdown(f"**{last['accuracy']:.1%}** hold-out accuracy with **{last['labels']}** labels "
-                f"(model v{last['version']}, {len(rows)} retrains).")
-    evaluation = project.store.evaluations(project.id)[-1]
-    target = st.slider("Target accuracy", 0.5, 0.99, 0.9, 0.01, key="target")
-    points = tuple((r["labels"], r["accuracy"]) for r in rows)
-    forecast = fit_curve(str(data_dir()), project.name, len(rows))
-    st.pyplot(curve_figure(points, forecast, target), clear_figure=True)
-    if forecast is None:
-        st.caption("The forecast appears once three retrains at different label counts are scored.")
-    else:
-        needed = forecast.labels_needed(target)
-        st.markdown(f"**Forecast:** {needed.more_than(last['labels'])}." + (
-            "" if needed.reachable else " More labels of the same kind will not get there; a "
-            "better backbone or cleaner labels might."))
-        st.caption(f"Forecast: bounded curve families weighed by how well they predicted later "
-                   f"points on real learning curves ({forecast.priors.learned_on}); 80% interval from "
-                   f"a bootstrap over retrains and hold-out images, calibrated on those curves "
-                   f"(`python -m loop backtest-forecast --source lcdb`). Labels are those of the "
-                   f"curve; hold-out accuracy on {evaluation['n_holdout']} images.")
-    study_panel(project, target)
-    per_class = pd.DataFrame({"class": list(evaluation["per_class"]),
-                              "accuracy": list(evaluation["per_class"].values())})
-    per_class = per_class.sort_values("accuracy")
-    comparison = strategy_vs_control(str(data_dir()), project.name, rows[-1]["version"])
+    left, right = st.columns([3, 1])
+    target = left.slider("Target", 0.5, 0.99, 0.9, 0.01, key="target",
+                         help="The accuracy you want to reach; the forecast says how many more "
+                              "labels it takes, within what the pool allows.")
+    metric = right.radio("Measured as", list(METRICS), format_func=METRICS.get, key="metric",
+                         help="Balanced accuracy is the mean of the per-class accuracies: on an "
+                              "unbalanced set it does not reward answering the common class.")
+    draw_curve(project, data, target, metric)
+    gallery(project, data, person.name)
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def watch_for_new_evaluations(project: Project, shown_id: int | None) -> None:
+    """Draws nothing (so nothing greys out): reruns the whole page only when a retrain was scored
+    since this page was drawn from evaluation `shown_id`."""
+    if project.store.newest_evaluation_id(project.id) != shown_id:
+        st.rerun(scope="app")
+
+
+def draw_curve(project: Project, data: CurveData, target: float, metric: str) -> None:
+    last = data.last
+    human = human_labels(last)
+    auto = f" and {last['n_auto']:,} auto-accepted" if last["n_auto"] else ""
+    st.markdown(f"**{share(last['accuracy'])}** hold-out accuracy with **{human:,}** labels from "
+                f"people{auto} (balanced accuracy {share(last['balanced_accuracy'])}; model "
+                f"v{last['version']}, {len(data.evaluations)} retrains, {last['n_holdout']:,} "
+                "hold-out images).")
+    warning = baseline_warning(last, data.truth, data.class_names)
+    if warning:
+        st.warning(warning)
+    forecast = fit_curve(str(data_dir()), project.name, data.newest_id, len(data.evaluations),
+                         metric, data.evaluations)
+    answer = target_answer(forecast, last, target, data.pool_size, metric, data.evaluations)
+    st.markdown(f"**Forecast:** {answer.sentence}")
+    if answer.pool_note and answer.status in ("met", "in_pool"):
+        st.caption(answer.pool_note[0].upper() + answer.pool_note[1:] + ".")
+    st.image(curve_png(str(data_dir()), project.name, data.newest_id, len(data.evaluations), target,
+                       metric, data.pool_size, data.evaluations, forecast, answer))
+    n_auto_points = sum(1 for e in data.evaluations if e["n_auto"])
+    if n_auto_points:
+        st.caption(f"{n_auto_points} retrain(s) had auto-accepted labels in force (hollow red "
+                   "diamonds, drawn at the labels people gave): those heads saw more labels than "
+                   "the x axis counts, so the forecast is fitted only on the retrains without them.")
+    if forecast is not None:
+        st.caption(f"The x axis counts labels people gave; the grey area right of the pool's end "
+                   f"would need more images than the project has. Forecast: bounded curve families "
+                   f"weighed by how well they predicted later points on real learning curves "
+                   f"({forecast.priors.learned_on}); the 80% band is a bootstrap over retrains and "
+                   f"hold-out images, calibrated on those curves "
+                   f"(`python -m loop backtest-forecast --source lcdb`).")
+    study_panel(project, target, metric, forecast, data.pool_size)
+    comparison = strategy_vs_control(str(data_dir()), project.name, last["version"])
     if comparison:
-        st.markdown(f"**Strategy against random, on this project's own labels:** a head trained on "
-                    f"{comparison['labels']} of the strategy's picks scores "
-                    f"{comparison['strategy_accuracy']:.1%} on the hold-out set; one trained on the "
-                    f"{comparison['labels']} random control picks scores {comparison['control_accuracy']:.1%} "
-                    f"(both with the {comparison['seeds']} seed labels).")
+        st.markdown(f"**Strategy against random, on this project's own labels:** "
+                    f"{strategy_sentence(comparison)}")
     else:
         st.caption("Strategy against random: shown once the random control slice (10% of queries) "
                    "holds 5 labels.")
-    st.markdown("**Per-class accuracy** (the classes at the top need labels most)")
-    st.dataframe(per_class, hide_index=True)
+    st.markdown(f"**Per-class accuracy**, model v{last['version']} (the classes at the top need "
+                "labels most)")
+    st.dataframe(per_class_rows(last, data.truth, data.class_names), hide_index=True,
+                 column_config={"accuracy (%)": st.column_config.NumberColumn(format="%.1f%%")})
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def curve_png(data_dir: str, name: str, newest_id: int, n_evaluations: int, target: float,
+              metric: str, pool_size: int, _evaluations, _forecast, _answer) -> bytes:
+    """The curve figure as PNG, drawn once per evaluation, target, metric and pool size (drawing
+    takes about half a second on two cores; everything it shows is in the key)."""
+    import io
+
+    buffer = io.BytesIO()
+    curve_figure(_evaluations, _forecast, target, pool_size, metric, _answer).savefig(
+        buffer, format="png", dpi=144, bbox_inches="tight")
+    return buffer.getvalue()
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -71,21 +126,22 @@ def strategy_vs_control(data_dir: str, name: str, version: int) -> dict | None:
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def fit_curve(data_dir: str, name: str, n_evaluations: int):
-    """Refitted once per retrain (keyed by the number of evaluations; about 10 ms)."""
+def fit_curve(data_dir: str, name: str, newest_id: int, n_evaluations: int, metric: str,
+              _evaluations: list[dict]):
+    """Refitted once per retrain and metric (keyed by the newest evaluation; about 10 ms)."""
     try:
-        return forecast_curve(project_named(name))
+        return forecast_curve(project_named(name), metric=metric, evaluations=_evaluations)
     except ValueError:
         return None
 
 
-def study_panel(project: Project, target: float) -> None:
+def study_panel(project: Project, target: float, metric: str, forecast, pool_size: int) -> None:
     """The subsampling study on the current labels: train on random subsets, forecast the full
     set, then train on it and compare, the way a lead checks a forecast before buying labels."""
     with st.expander("Check the forecast: subsampling study on the current labels"):
-        st.caption("Trains the head on random subsets of the labels so far (5 repeats per size), fits "
-                   "the forecaster to those, predicts the accuracy with all labels, then trains on all "
-                   "of them and shows the measured value beside the prediction.")
+        st.caption("Trains the head on random subsets of the labels people gave (5 repeats per "
+                   "size), fits the forecaster to those, predicts the accuracy with all of them, then "
+                   "trains on all of them and shows the measured value beside the prediction.")
         if st.button("Run the study", key="run_study"):
             try:
                 with st.spinner("Training heads on subsets..."):
@@ -94,48 +150,16 @@ def study_panel(project: Project, target: float) -> None:
                 st.error(error.args[0] if isinstance(error, KeyError) else str(error))
         result = st.session_state.get("study")
         if result is not None and result.project == project.name:
-            st.pyplot(study_figure(result), clear_figure=True)
+            st.pyplot(study_figure(result), clear_figure=False)
+            at_full = {"accuracy": result.measured_full, "n_labels": result.pool_size, "n_auto": 0}
+            st.markdown("**The study's answer:** " + target_answer(
+                result.forecaster, at_full, result.target, pool_size).sentence)
             st.text(report(result))
-
-
-
-def gallery(project: Project) -> None:
-    evaluations = project.store.evaluations(project.id)
-    if not evaluations:
-        return
-    st.subheader("Hold-out gallery")
-    versions = {f"v{e['version']} ({e['n_labels']} labels)": e for e in evaluations}
-    labels = list(versions)
-    a, b, c, d = st.columns(4)
-    chosen = versions[a.selectbox("Model", labels, index=len(labels) - 1)]
-    compare = b.selectbox("Compare with", ["-"] + labels)
-    only = c.selectbox("True class", ["all"] + project.class_names)
-    low, high = d.slider("Confidence", 0.0, 1.0, (0.0, 1.0))
-    ids, classes, probs = project.store.holdout_predictions(chosen["id"])
-    index_of = {cid: i for i, cid in enumerate(c["id"] for c in project.class_rows)}
-    truth = np.array([index_of[c] for c in classes])
-    predicted, confidence = probs.argmax(1), probs.max(1)
-    keep = (confidence >= low) & (confidence <= high)
-    if only != "all":
-        keep &= truth == project.class_names.index(only)
-    changed = None
-    if compare != "-":
-        other_ids, _, other_probs = project.store.holdout_predictions(versions[compare]["id"])
-        other_correct = dict(zip(other_ids.tolist(), (other_probs.argmax(1) == truth).tolist()))
-        changed = np.array([other_correct.get(i) != bool(p == t) for i, p, t in zip(ids, predicted, truth)])
-        keep &= changed
-        st.caption(f"Showing only the images whose result differs between {compare} and the chosen model.")
-    wrong_first = np.argsort((predicted == truth)[keep], kind="stable")
-    shown = np.flatnonzero(keep)[wrong_first][:48]
-    st.caption(f"{int(keep.sum())} image(s) match; {int((predicted != truth)[keep].sum())} wrong "
-               f"(shown first, marked ✗).")
-    images = {i["id"]: i for i in project.store.images(project.id, split="holdout")}
-    columns = st.columns(8)
-    for k, row in enumerate(shown):
-        with columns[k % 8]:
-            data = picture(project, images[int(ids[row])]["path"], 96)
-            if data:
-                st.image(data, width=96)
-            mark = "✓" if predicted[row] == truth[row] else "✗"
-            st.caption(f"{mark} {project.class_names[predicted[row]]} {confidence[row]:.0%}"
-                       + ("" if mark == "✓" else f" (is {project.class_names[truth[row]]})"))
+            if forecast is not None and result.target == target and metric == "accuracy":
+                why = study_versus_live(result.labels_needed, forecast.labels_needed(target), target,
+                                        result.pool_size)
+                if why:
+                    st.info(why)
+            elif result.target != target:
+                st.caption(f"The study was run for a target of {share(result.target)}; run it again "
+                           f"for {share(target)}.")
