@@ -6,6 +6,9 @@
     python -m loop token create ana --role annotator        # prints ana's token once
     python -m loop label birds --token TOKEN 17=robin 18=wren
     python -m loop retrain birds
+    python -m loop auto-accept birds --precision 0.95          # preview; --now, --on, --off, --undo
+    python -m loop settings birds --set overlap_share=0.1
+    python -m loop export birds --format csv --out birds.csv
     python -m loop replay --dataset demo --strategy margin --labeler perfect --budget 200 --out runs/a
     python -m loop study --dataset demo --fractions 0.05,0.1,0.25,0.5 --repeats 5 --target 0.9
     python -m loop backtest-forecast --source lcdb --json     # or --source DIR of replays
@@ -78,12 +81,18 @@ def _open(args):
 
 def _print_status(status: dict) -> None:
     skipped = status.pop("skipped")
+    duplicates = status.pop("duplicates")
     for key, value in status.items():
         print(f"{key:>16}: {', '.join(value) if isinstance(value, list) else value}")
     if skipped:
         print(f"{'skipped':>16}: {len(skipped)} file(s)")
         for path, reason in skipped:
             print(f"{'':>18}{path}: {reason}")
+    if duplicates:
+        print(f"{'duplicates':>16}: {sum(len(g) for g in duplicates)} files are copies of another "
+              f"({len(duplicates)} group(s); kept, each group in one split)")
+        for group in duplicates:
+            print(f"{'':>18}{' = '.join(group)}")
 
 
 def cmd_status(args) -> int:
@@ -238,7 +247,7 @@ def _print_rules(rules: list[dict]) -> None:
 
 
 def cmd_curve(args) -> int:
-    from loop.curve import curve_rows, forecast_curve
+    from loop.curve import curve_rows, forecast_curve, read_curve, target_answer
     from loop.replay import write_curve
 
     if not 0 < args.target <= 1:
@@ -255,7 +264,11 @@ def cmd_curve(args) -> int:
         print(f"hold-out accuracy {rows[-1]['accuracy']:.1%} with {rows[-1]['labels']} labels; "
               f"forecast at {2 * rows[-1]['labels']} labels: {mean:.1%} (80% interval {low:.1%} "
               f"to {high:.1%})")
-        print(f"forecast: {forecast.labels_needed(args.target).more_than(rows[-1]['labels'])}")
+    data = read_curve(project)
+    if data.evaluations:
+        answer = target_answer(forecast, data.evaluations[-1], args.target, data.pool_size,
+                               evaluations=data.evaluations)
+        print(f"forecast: {answer.sentence}" + (f" ({answer.pool_note})" if answer.pool_note else ""))
     return 0
 
 
@@ -298,7 +311,13 @@ def cmd_benchmark_strategies(args) -> int:
 def cmd_study(args) -> int:
     import json
 
-    from loop.study import open_study_project, parse_fractions, report, run_study, write_outputs
+    from loop.study import (
+        open_study_project,
+        parse_fractions,
+        report,
+        run_study,
+        write_outputs,
+    )
 
     fractions = parse_fractions(args.fractions)   # a bad list fails before any work
     project = open_study_project(args.dataset, args.data, on_progress=_progress("embedding"))
@@ -323,6 +342,67 @@ def cmd_backtest_forecast(args) -> int:
         return 0
     backtest.run(args.source, as_json=args.json, max_curves=args.max_curves, n_boot=args.n_boot,
                  holdout_size=args.holdout_size, n_classes=args.classes)
+    return 0
+
+
+# -- what a lead does on the Rules and Project pages, from a shell (server administration: no
+#    token, like retrain and backup) ---------------------------------------------------------------
+
+def cmd_auto_accept(args) -> int:
+    from loop import autoaccept
+
+    project = _open(args)
+    actions = [a for a in ("now", "on", "off", "undo") if getattr(args, a)]
+    if len(actions) > 1:
+        raise ValueError(f"choose one of --now, --on, --off, --undo (got {', '.join(actions)})")
+    action = actions[0] if actions else "preview"
+    if action in ("preview", "now", "on"):
+        if args.precision is None:
+            raise ValueError(f"--precision P is needed to {'preview' if action == 'preview' else 'auto-accept'}"
+                             " (a share, for example 0.95)")
+        if not 0.5 <= args.precision < 1:
+            raise ValueError(f"--precision is a share in [0.5, 1), for example 0.95; got {args.precision}")
+    if action == "off":
+        project.update_settings(auto_accept_precision=None)
+        print("auto-accept is off: it no longer runs after each retrain")
+    elif action == "undo":
+        print(f"retracted {autoaccept.undo(project):,} auto-accepted label(s) (new events; people's "
+              "labels untouched)")
+    else:
+        preview = autoaccept.preview(project, args.precision, project.settings.audit_share)
+        print(autoaccept.describe_preview(preview))
+        if action != "preview":
+            if preview["threshold"] is None and action == "now":
+                return 1
+            if autoaccept.needs_confirmation(preview["would_accept"]) and not args.yes:
+                print(f"not done: this would label {preview['would_accept']:,} image(s) with no person "
+                      f"looking at them (more than {autoaccept.CONFIRM_ABOVE}); run again with --yes")
+                return 1
+            if action == "on":
+                project.update_settings(auto_accept_precision=args.precision)
+            result = autoaccept.run(project, args.precision, project.settings.audit_share)
+            print(f"accepted {result['accepted']:,} image(s), sent {result['audited']:,} to people as "
+                  "an audit" + (f"; it runs again after every retrain at {args.precision:.1%}"
+                                if action == "on" else ""))
+    print(autoaccept.describe_state(project))
+    return 0
+
+
+def cmd_settings(args) -> int:
+    from loop.settings import parse_change
+
+    project = _open(args)
+    if args.set:
+        changes = dict(parse_change(text) for text in args.set)   # all checked before any is stored
+        before = project.settings.flat()
+        after = project.update_settings(changes).flat()
+        for name in changes:
+            print(f"{name}: {before[name]} -> {after[name]}")
+        return 0
+    from loop.settings import FIXED_AT_CREATION
+
+    for name, value in project.settings.flat().items():
+        print(f"{name:>22} = {value}" + ("   (fixed at creation)" if name in FIXED_AT_CREATION else ""))
     return 0
 
 
@@ -402,6 +482,25 @@ def add_path_commands(sub) -> None:
     p.add_argument("--out", help="file for csv/json (default: stdout); new or empty folder for "
                    "imagefolder. Never overwritten")
     p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("auto-accept", help="preview auto-accept at a hold-out precision, run it "
+                       "now, turn it on (after every retrain) or off, or undo it; as on the Rules page")
+    p.add_argument("name")
+    p.add_argument("--precision", type=float, help="the precision to promise, a share (e.g. 0.95)")
+    for flag, text in (("--now", "auto-accept once, now"),
+                       ("--on", "turn it on: now, and after every retrain"),
+                       ("--off", "turn it off"),
+                       ("--undo", "retract every auto-accepted label in force")):
+        p.add_argument(flag, action="store_true", help=text)
+    p.add_argument("--yes", action="store_true", help="label more than 50 images without asking")
+    p.set_defaults(run=cmd_auto_accept)
+
+    p = sub.add_parser("settings", help="print a project's settings, or change some (checked "
+                       "like the Project page's)")
+    p.add_argument("name")
+    p.add_argument("--set", nargs="+", metavar="NAME=VALUE",
+                   help="e.g. overlap_share=0.1 head.dropout=0.2 auto_accept_precision=off")
+    p.set_defaults(run=cmd_settings)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,13 @@ import numpy as np
 from loop.project import Project, load_head
 
 AUDIT_ORIGIN = "audit"
+# Auto-accepting more images than this at once asks first (the Rules page, and `--yes` on the
+# command line).
+CONFIRM_ABOVE = 50
+
+
+def needs_confirmation(count: int) -> bool:
+    return count > CONFIRM_ABOVE
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -182,3 +189,35 @@ def undo(project: Project, image_ids: list[int] | None = None) -> int:
         project.store.add_labels(project.id, [(i, None) for i in chosen], annotator="undo-auto",
                                  source="auto", origins=["auto"] * len(chosen))
     return len(chosen)
+
+
+def state(project: Project) -> dict:
+    """Where auto-accept stands now, from one read of the store: the precision it runs at after
+    every retrain (None: off), the auto-accepted labels in force, and the audit's figures."""
+    with project.store.snapshot():
+        precision = project.stored_settings().auto_accept_precision
+        in_force = len(auto_accepted(project))
+        report = audit_report(project)
+    return {"precision": precision, "in_force": in_force, **report}
+
+
+def describe_preview(chosen: dict) -> str:
+    """A `preview` in words."""
+    if chosen["threshold"] is None:
+        return (f"no threshold reaches {chosen['target_precision']:.1%} precision on the hold-out "
+                "set yet: nothing would be labeled")
+    return (f"threshold {chosen['threshold']:.3f} (temperature {chosen['temperature']:.2f}, model "
+            f"v{chosen['model_version']}): it decides {chosen['holdout_coverage']:.0%} of hold-out images "
+            f"at {chosen['holdout_precision']:.1%} precision, and would label "
+            f"{chosen['would_accept']:,} pool image(s) now (and send {chosen['would_audit']:,} to "
+            "people as an audit)")
+
+
+def describe_state(project: Project) -> str:
+    """`state` in words."""
+    now = state(project)
+    audit = (f"measured precision {now['measured_precision']:.1%} on {now['reviewed']:,} reviewed "
+             f"image(s), promised {now['promised_precision']:.1%}" if now["reviewed"] else
+             f"{now['audits'] - now['reviewed']:,} audit image(s) waiting for people")
+    return (f"auto-accept is {'on at ' + format(now['precision'], '.1%') if now['precision'] else 'off'}; "
+            f"{now['in_force']:,} auto-accepted label(s) in force; audit: {audit}")

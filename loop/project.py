@@ -41,6 +41,10 @@ def load_head(weights_path: str):
         if weights_path in _heads:
             _heads.move_to_end(weights_path)
             return _heads[weights_path]
+    if not weights_path or not Path(weights_path).is_file():
+        raise ProjectError(f"the weights file of a published model version is missing "
+                           f"({weights_path!r}); retrain with `python -m loop retrain NAME --force` "
+                           "or restore a backup")
     head = SoftmaxHead.load(weights_path)
     _remember_head(weights_path, head)
     return head
@@ -332,9 +336,16 @@ class Project:
             version["evaluation"] = {**evaluation["summary"], "id": version["evaluation_id"]}
         return version
 
-    def update_settings(self, **changes) -> Settings:
-        """Change project settings (validated), e.g. `update_settings(strategy="hybrid")`."""
-        self.settings = self.settings.replace(**changes)
+    def stored_settings(self) -> Settings:
+        """The settings as stored now (`self.settings` is as this object last read or wrote them;
+        another process may have changed them since)."""
+        return Settings.from_json(self.store.project(self.id)["settings"])
+
+    def update_settings(self, changes: dict | None = None, **more) -> Settings:
+        """Change project settings (validated), e.g. `update_settings(strategy="hybrid")` or
+        `update_settings({"head.dropout": 0.1})`; applied to the settings as stored now, so a
+        change made meanwhile by another process is kept."""
+        self.settings = self.stored_settings().with_changes({**(changes or {}), **more})
         self.store.update_settings(self.id, self.settings.to_json())
         return self.settings
 
@@ -384,17 +395,44 @@ class Project:
                            f"scored version(s) {scored or 'none'} that had no evaluation")
         return {"removed": removed, "scored": scored}
 
+    def figures(self) -> dict:
+        """What the pages show of the project now, all from one read of the store: labels in
+        force in the training pool by people (seeds, answers, reviews) and auto-accepted, hold-out
+        labels, unlabeled images, and the newest scored model version with its hold-out scores."""
+        with self.store.snapshot():
+            pool = self.store.current_labels(self.id, split="pool")
+            auto = self.store.current_labels(self.id, split="pool", source="auto")
+            holdout = self.store.current_labels(self.id, split="holdout")
+            unlabeled = self.store.unlabeled_count(self.id)
+            latest = self.store.latest_model_version(self.id)
+            evaluations = self.store.evaluations(self.id)
+        scored = evaluations[-1] if evaluations else None
+        return {"people": len(pool) - len(auto), "auto": len(auto), "holdout": len(holdout),
+                "unlabeled": unlabeled, "versions": latest["version"] if latest else 0,
+                "version": scored["version"] if scored else None,
+                "trained_on": scored["n_labels"] if scored else None,
+                "accuracy": scored["accuracy"] if scored else None,
+                "balanced_accuracy": scored["balanced_accuracy"] if scored else None,
+                "n_holdout": scored["n_holdout"] if scored else None}
+
     def status(self) -> dict:
+        """Counts of the project's images and labels, the files skipped and why, and groups of
+        files that are byte-for-byte copies of each other ("duplicates": kept, and always put in
+        the same split, so a copy never scores the model on an image it trained on)."""
         images = self.store.images(self.id)
         labels = self.store.current_labels(self.id)
         split_of = {i["id"]: i["split"] for i in images}
         evaluations = self.store.evaluations(self.id)
+        by_hash: dict[str, list[str]] = {}
+        for image in images:
+            by_hash.setdefault(image["hash"], []).append(image["path"])
         return {
             "project": self.name, "root": str(self.root), "backbone": self.settings.backbone,
             "classes": self.class_names, "images": len(images),
             "pool": sum(s == "pool" for s in split_of.values()),
             "holdout": sum(s == "holdout" for s in split_of.values()),
             "skipped": [(i["path"], i["reason"]) for i in self.store.skipped_images(self.id)],
+            "duplicates": [paths for paths in by_hash.values() if len(paths) > 1],
             "labeled_pool": sum(split_of.get(i) == "pool" for i in labels),
             "labeled_holdout": sum(split_of.get(i) == "holdout" for i in labels),
             "model_versions": len(self.store.model_versions(self.id)),

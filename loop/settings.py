@@ -1,4 +1,10 @@
-"""Every tunable of a project in one dataclass, stored with the project as JSON."""
+"""Every tunable of a project in one dataclass, stored with the project as JSON, and the names and
+values a person may change after the project exists (`changeable`, `parse_change`).
+
+>>> parse_change("overlap_share=0.25"), parse_change("head.dropout=0.1")
+(('overlap_share', 0.25), ('head.dropout', 0.1))
+>>> Settings().with_changes(dict([parse_change("auto_accept_precision=off")])).auto_accept_precision
+"""
 
 from __future__ import annotations
 
@@ -73,3 +79,55 @@ class Settings:
 
     def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    def with_changes(self, changes: dict[str, object]) -> Settings:
+        """These settings with `changes` ({name: value}, head ones as "head.NAME"), validated."""
+        head = {k.removeprefix("head."): v for k, v in changes.items() if k.startswith("head.")}
+        rest = {k: v for k, v in changes.items() if not k.startswith("head.")}
+        if head:
+            rest["head"] = dataclasses.replace(self.head, **head)
+        return self.replace(**rest)
+
+    def flat(self) -> dict[str, object]:
+        """{name: value}, the head's as "head.NAME", in the dataclasses' order."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "head"}
+        values.update({f"head.{f.name}": getattr(self.head, f.name)
+                       for f in dataclasses.fields(self.head)})
+        return values
+
+
+# Drawn or computed once, when the project is created: changing them later would mean nothing
+# (the hold-out set and the seeds exist) or break the project (embeddings are per backbone).
+FIXED_AT_CREATION = {
+    "backbone": "the images are embedded with it; create a new project for another backbone",
+    "seeds_per_class": "the seed labels were drawn when the project was created",
+    "holdout_fraction": "the hold-out set was drawn when the project was created",
+    "holdout_size": "the hold-out set was drawn when the project was created",
+}
+
+
+def changeable() -> dict[str, object]:
+    """{name: default} of every setting a person may change on an existing project."""
+    return {k: v for k, v in Settings().flat().items() if k not in FIXED_AT_CREATION}
+
+
+def parse_change(text: str) -> tuple[str, object]:
+    """`NAME=VALUE` -> (name, value typed like the setting); ValueError names what is wrong."""
+    name, sep, raw = text.partition("=")
+    name, raw = name.strip(), raw.strip()
+    if not sep or not name:
+        raise ValueError(f"'{text}' is not NAME=VALUE (for example overlap_share=0.1)")
+    if name in FIXED_AT_CREATION:
+        raise ValueError(f"setting '{name}' cannot be changed: {FIXED_AT_CREATION[name]}")
+    defaults = changeable()
+    if name not in defaults:
+        raise ValueError(f"unknown setting '{name}'; known: {', '.join(defaults)}")
+    default = defaults[name]
+    if name == "auto_accept_precision" and raw.lower() in ("", "none", "off"):
+        return name, None
+    kind = float if default is None else type(default)
+    try:
+        return name, kind(raw)
+    except ValueError:
+        wanted = {int: "a whole number", float: "a number"}.get(kind, "text")
+        raise ValueError(f"setting '{name}' takes {wanted}, not '{raw}'") from None

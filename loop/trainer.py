@@ -29,11 +29,11 @@ def auto_accept_hook(project: Project, version: dict) -> None:
     """After each version: auto-accept at the project's promised precision, if it is on."""
     from loop import autoaccept
 
-    precision = project.settings.auto_accept_precision
-    if precision:
+    settings = project.stored_settings()     # turned on or off since this trainer started
+    if settings.auto_accept_precision:
         version["auto_accept"] = autoaccept.run(
-            project, precision, project.settings.audit_share,
-            rng=np.random.default_rng([project.settings.seed, version["version"]]))
+            project, settings.auto_accept_precision, settings.audit_share,
+            rng=np.random.default_rng([settings.seed, version["version"]]))
 
 
 class Trainer:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from loop.people import Person, PermissionDenied, authenticate, require
+from loop.people import PermissionDenied, Person, authenticate, require
 from loop.project import Paths, Project
 from loop.store import Store, StoreError
 
@@ -32,7 +32,12 @@ def _store(root: str) -> Store:
 
 
 def project_named(name: str) -> Project:
-    return _project(str(data_dir()), name)
+    """The project, with its settings as stored now (a lead may have changed them in another tab,
+    or from the command line)."""
+    project = _project(str(data_dir()), name)
+    if project.store.project(project.id)["settings"] != project.settings.to_json():
+        project = reload_project(project)
+    return project
 
 
 @st.cache_resource(show_spinner=False)
@@ -45,7 +50,7 @@ def _project(root: str, name: str) -> Project:
 def reload_project(project: Project) -> Project:
     """The cached project with its settings read again (after a change of settings)."""
     _project.clear()
-    return project_named(project.name)
+    return _project(str(data_dir()), project.name)
 
 
 COOKIE = "juicer_token"
@@ -125,22 +130,72 @@ def sign_out() -> None:
     st.session_state["signed_out"] = True     # and the cookie is cleared on the next run
 
 
+PROJECT_KEY = "sidebar-project"      # the chooser's widget key
+_CHOSEN = "_chosen-project"          # the choice, kept apart: widgets' states do not outlive a page
+_FIGURES = "_sidebar-figures"        # this run's (placeholder, project) for `sidebar_figures`
+
+
+def open_project(name: str) -> None:
+    """Make `name` the sidebar's project from the next run on (after creating it, say); call
+    `st.rerun()` next to show it."""
+    st.session_state[_CHOSEN] = name
+
+
+def _chosen() -> None:
+    st.session_state[_CHOSEN] = st.session_state[PROJECT_KEY]
+
+
 def sidebar(person: Person) -> Project:
-    """The project chooser and who is signed in; returns the chosen project."""
+    """The project chooser and who is signed in; returns the chosen project. The project's
+    figures are drawn in the sidebar by `sidebar_figures`, after the page's actions ran."""
+    st.session_state.pop(_FIGURES, None)
     names = [p["name"] for p in store().projects()]
     if not names:
         st.info("No project yet.")
         st.stop()
-    chosen = st.query_params.get("project", names[0])
-    name = st.sidebar.selectbox("Project", names, index=names.index(chosen) if chosen in names else 0)
+    # The choice lives in this session (across pages) and in the address (a refresh or a bookmark
+    # keeps it).
+    if _CHOSEN not in st.session_state:
+        st.session_state[_CHOSEN] = st.query_params.get("project")
+    if st.session_state[_CHOSEN] not in names:
+        st.session_state[_CHOSEN] = names[0]
+    st.session_state[PROJECT_KEY] = st.session_state[_CHOSEN]
+    name = st.sidebar.selectbox("Project", names, key=PROJECT_KEY, on_change=_chosen)
     st.query_params["project"] = name
+    project = project_named(name)
+    st.session_state[_FIGURES] = (st.sidebar.empty(), project)
     st.sidebar.caption(f"Signed in as **{escape(person.name)}** ({person.role})")
     st.sidebar.button("Sign out", on_click=sign_out)
-    project = project_named(name)
-    failure = last_failure(project)
-    if failure:
-        st.sidebar.error(failure)
     return project
+
+
+def sidebar_figures() -> None:
+    """The chosen project's figures, drawn into the sidebar once the page has run (its actions
+    done), from one read of the store: labels in force (by people, auto-accepted, hold-out), the
+    newest scored model with its hold-out accuracy, and a failed background retrain if no version
+    was published since."""
+    placeholder, project = st.session_state.pop(_FIGURES, (None, None))
+    if placeholder is None:
+        return
+    try:
+        f = project.figures()
+        failure = last_failure(project)
+    except StoreError:           # a deleted or unreadable database: the page said so already
+        return
+    lines = [(f"**{f['people']:,}** labels by people · **{f['auto']:,}** auto-accepted "
+              f"(training pool), **{f['holdout']:,}** hold-out · {f['unlabeled']:,} unlabeled")]
+    if f["version"] is None:
+        lines.append("No scored model yet.")
+    else:
+        lines.append(f"Model **v{f['version']}** (trained on {f['trained_on']:,} labels): "
+                     f"**{f['accuracy']:.1%}** hold-out accuracy, balanced {f['balanced_accuracy']:.1%}, "
+                     f"on {f['n_holdout']:,} images")
+        if f["versions"] > f["version"]:
+            lines.append(f"v{f['versions']} is being scored.")
+    with placeholder.container():
+        st.caption("  \n".join(lines))
+        if failure:
+            st.error(failure)
 
 
 def last_failure(project: Project) -> str | None:

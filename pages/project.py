@@ -4,6 +4,7 @@ a folder under the import roots or from uploads, and people's tokens."""
 from __future__ import annotations
 
 import shutil
+import zlib
 
 import pandas as pd
 import streamlit as st
@@ -17,27 +18,71 @@ from pages.common import (
     allowed,
     data_dir,
     escape,
+    open_project,
     paths,
     reload_project,
     sidebar,
     store,
 )
 
+NOTES = "project-notes"    # what the last action did, said once after its rerun
+
+
+def note(kind: str, text: str, code: str | None = None) -> None:
+    """Say `text` on the next run (an action here ends with `st.rerun()`, so that every figure
+    of the page is read after it)."""
+    st.session_state.setdefault(NOTES, []).append((kind, text, code))
+
 
 def project_page() -> None:
     person = allowed("lead_pages")
     project = sidebar(person)
     st.title("Projects")
+    for kind, text, code in st.session_state.pop(NOTES, []):
+        getattr(st, kind)(text)
+        if code:
+            st.code(code, language=None)
     status = project.status()
-    st.markdown(f"**{escape(project.name)}**: {status['images']} images in `{status['root']}`, backbone "
-                f"{status['backbone']}, classes {escape(', '.join(status['classes']))}.")
-    if status["skipped"]:
-        with st.expander(f"{len(status['skipped'])} file(s) skipped, and why"):
-            st.dataframe(pd.DataFrame(status["skipped"], columns=["file", "reason"]), hide_index=True)
+    st.markdown(f"**{escape(project.name)}**: {status['images']:,} images in `{status['root']}`, "
+                f"backbone {status['backbone']}, classes {escape(', '.join(status['classes']))}.")
+    file_lists(status)
     export_panel(project)
     settings_panel(project)
     create_panel()
     people_panel(person)
+
+
+def import_summary(status: dict, embedded: int | None = None) -> str:
+    """How the files found became images: ready, skipped, copies (and what the progress bar
+    counted, which is neither)."""
+    found = status["images"] + len(status["skipped"])
+    copies = sum(len(group) for group in status["duplicates"])
+    text = f"{found:,} file(s) found, **{status['images']:,} images ready**"
+    if status["skipped"]:
+        text += f", {len(status['skipped']):,} skipped (see why below)"
+    text += "."
+    if copies:
+        text += (f" {copies:,} of the ready images are byte-for-byte copies of each other "
+                 f"({len(status['duplicates']):,} group(s), listed below); each group stays in one split.")
+    if embedded:
+        text += (f" The progress bar counted only the {embedded:,} distinct file(s) not embedded "
+                 "before.")
+    elif embedded is not None:
+        text += " Every file was embedded before (another project holds the same files)."
+    return text
+
+
+def file_lists(status: dict) -> None:
+    """The skipped files with their reasons, and the groups of copies."""
+    if status["skipped"]:
+        with st.expander(f"{len(status['skipped']):,} file(s) skipped, and why"):
+            st.dataframe(pd.DataFrame(status["skipped"], columns=["file", "reason"]), hide_index=True)
+    if status["duplicates"]:
+        copies = sum(len(group) for group in status["duplicates"])
+        with st.expander(f"{copies:,} file(s) that are copies of another ({len(status['duplicates']):,} "
+                         "group(s))"):
+            st.dataframe(pd.DataFrame({"copies of one image": [" = ".join(g) for g in status["duplicates"]]}),
+                         hide_index=True)
 
 
 # What a lead may change from the browser, with the words shown beside each.
@@ -53,20 +98,26 @@ EDITABLE = {
 
 def settings_panel(project: Project) -> None:
     allowed("settings")
+    # Keyed by the stored settings: changed anywhere (another tab, the command line), the fields
+    # show the new values, not what this browser typed before.
+    stored = zlib.crc32(project.settings.to_json().encode())
     with st.expander("Settings of this project"):
         with st.form("settings"):
             values = {key: st.number_input(text, value=kind(getattr(project.settings, key)),
-                                           key=f"setting-{key}")
+                                           key=f"setting-{key}-{stored}")
                       for key, (text, kind) in EDITABLE.items()}
-            strategy = st.text_input("Query strategy", project.settings.strategy)
+            strategy = st.text_input("Query strategy", project.settings.strategy,
+                                     key=f"setting-strategy-{stored}")
             if st.form_submit_button("Save settings"):
                 try:
                     changed = {k: EDITABLE[k][1](v) for k, v in values.items()}
                     project.update_settings(strategy=strategy.strip(), **changed)
                     reload_project(project)
-                    st.success("Saved.")
+                    note("success", "Saved.")
                 except (ValueError, TypeError) as exc:
                     st.error(f"Not saved: {exc}")
+                else:
+                    st.rerun()
 
 
 def export_panel(project: Project) -> None:
@@ -96,7 +147,7 @@ def create_panel() -> None:
     st.subheader("New project from a folder on the server, or from uploaded images")
     st.caption("Folders are imported only from under: " + ", ".join(f"`{r}`" for r in roots)
                + ". Someone with a shell on the server adds a folder with `python -m loop roots add PATH`.")
-    with st.form("create"):
+    with st.form(f"create-{st.session_state.get('create-form', 0)}"):   # a new form after each project
         name = st.text_input("Name (letters, digits, - and _)")
         folder = st.text_input("Folder (under one of those; a relative path is taken under the first)")
         uploads = st.file_uploader("Or images to upload (a flat, unlabeled set: give the class names)",
@@ -108,9 +159,13 @@ def create_panel() -> None:
         seeds = st.slider("Seed labels per class", 1, 3, 1)
         if st.form_submit_button("Create and embed"):
             if not folder.strip() and not uploads:
-                st.error("Choose a folder or upload images.")
+                st.error("Choose a folder or upload images" + ("." if name.strip() else
+                                                                ", and give the project a name."))
                 return
-            uploaded = None
+            if not name.strip():
+                st.error("Give the project a name (letters, digits, - and _).")
+                return
+            uploaded, embedded = None, {}
             try:
                 settings = Settings(backbone=backbone, seeds_per_class=seeds)
                 if uploads and not folder.strip():
@@ -119,19 +174,27 @@ def create_panel() -> None:
                                                     max_bytes=int(settings.max_file_mb * 2**20))
                 else:
                     where = resolve_import_folder(folder.strip(), roots)
-                bar = st.progress(0.0, text="Embedding...")
+                bar = st.progress(0.0, text="Reading the files...")
+
+                def progress(done: int, total: int) -> None:
+                    embedded["total"] = total
+                    bar.progress(done / max(total, 1), text=f"Embedding the distinct new files: "
+                                                            f"{done:,} / {total:,}")
+
                 created = create_project(
                     store(), name.strip(), where, paths(),
                     class_names=[c.strip() for c in classes.split(",") if c.strip()] or None,
-                    settings=settings,
-                    on_progress=lambda done, total: bar.progress(done / max(total, 1),
-                                                                 text=f"Embedding {done} / {total}"))
-                st.query_params["project"] = created.name
-                st.success(f"Created {escape(created.name)}: {created.status()['images']} images.")
+                    settings=settings, on_progress=progress)
             except (ValueError, OSError) as exc:
                 if uploaded is not None and not any(p["name"] == name.strip() for p in store().projects()):
                     shutil.rmtree(uploaded, ignore_errors=True)   # no project: the upload goes too
                 st.error(str(exc))
+            else:
+                note("success", f"Created **{escape(created.name)}** and opened it: "
+                     + import_summary(created.status(), embedded.get("total", 0)))
+                open_project(created.name)
+                st.session_state["create-form"] = st.session_state.get("create-form", 0) + 1
+                st.rerun()
 
 
 def people_panel(person) -> None:
@@ -150,15 +213,17 @@ def people_panel(person) -> None:
         if st.form_submit_button("Create a token"):
             try:
                 token = people.create_token(store(), name.strip(), role)
-                st.success(f"Token for {escape(name.strip())} ({role}); it is shown this once, give it "
-                           "to them privately:")
-                st.code(token, language=None)
             except StoreError as exc:
                 st.error(str(exc))
+            else:
+                note("success", f"Token for {escape(name.strip())} ({role}); it is shown this once, "
+                     "give it to them privately:", code=token)
+                st.rerun()
     active = [p["name"] for p in rows if not p["revoked_at"] and p["name"] != person.name]
     if active:
         with st.form("revoke"):
             name = st.selectbox("Revoke the token of", active)
             if st.form_submit_button("Revoke"):
                 people.revoke(store(), name)
-                st.success(f"Revoked {escape(name)}'s token: it stops working at once.")
+                note("success", f"Revoked {escape(name)}'s token: it stops working at once.")
+                st.rerun()

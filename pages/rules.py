@@ -1,107 +1,202 @@
 """The Rules page (leads): argmax against confidence thresholds on the hold-out set (coverage,
-accuracy on the covered part, risk-coverage), and auto-accept with its audit."""
+accuracy on the covered part, risk-coverage), and auto-accept with its audit.
+
+Every action is a button callback, so it has run before the page reads the store; every figure
+on the page then comes from one read of the store (`Store.snapshot`), taken after it."""
 
 from __future__ import annotations
 
+import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from loop import autoaccept
-from loop.curve import curve_rows
 from loop.evaluation import risk_coverage
 from loop.project import Project
-from pages.common import allowed, reload_project, sidebar
+from pages.common import allowed, sidebar
 
-LARGE_AUTO_ACCEPT = 50   # auto-accepting more images than this at once asks for confirmation
+HISTORY_THRESHOLDS = (0.9, 0.8)
+# Four hues told apart by everyone, colour-blind people included (Okabe and Ito), one per line.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7")
+NOTES = "auto-accept-notes"         # what the last action did, said once on the next draw
+PENDING = "auto-accept-pending"     # (kind, precision, count) of a large run awaiting a yes
 
 
 def rules_page() -> None:
     project = sidebar(allowed("lead_pages"))
     st.title(f"Decision rules: {project.name}")
-    evaluations = project.store.evaluations(project.id)
-    if not evaluations:
+    with project.store.snapshot():
+        evaluations = project.store.evaluations(project.id)
+        latest = evaluations[-1] if evaluations else None
+        predictions = project.store.holdout_predictions(latest["id"]) if latest else None
+        state = autoaccept.state(project)
+    if latest is None:
         st.info("No model yet.")
         return
-    latest = evaluations[-1]
-    st.markdown(f"Model v{latest['version']}, trained on {latest['n_labels']} labels, scored on "
-                f"{latest['n_holdout']} hold-out images.")
-    for rule in latest["rules"][1:]:
-        if rule["n_decided"]:
-            st.markdown(f"- at **{rule['threshold']:g}**: auto-accepting would decide "
-                        f"{rule['coverage']:.0%} of images, with {rule['errors_per_100']:.1f} errors "
-                        f"per 100 accepted")
-        else:
-            st.markdown(f"- at **{rule['threshold']:g}**: no image is that confident yet")
-    table = pd.DataFrame(latest["rules"])[["rule", "coverage", "accuracy", "errors_per_100", "n_decided"]]
-    st.dataframe(table, hide_index=True)
-    ids, classes, probs = project.store.holdout_predictions(latest["id"])
+    st.markdown(f"Model v{latest['version']}, trained on {latest['n_labels']:,} labels, scored on "
+                f"{latest['n_holdout']:,} hold-out images.")
+    st.markdown(rules_sentence(latest["rules"]))
+    st.dataframe(rules_table(latest["rules"]), hide_index=True)
+    _, classes, probs = predictions
     index_of = {cid: i for i, cid in enumerate(c["id"] for c in project.class_rows)}
     coverage, risk = risk_coverage(np.array([index_of[c] for c in classes]), probs)
-    st.markdown("**Risk–coverage** (error rate among the most confident images, as more are accepted)")
-    st.line_chart(pd.DataFrame({"coverage": coverage, "error rate": risk}).set_index("coverage"), height=240)
-    st.markdown("**As labels grew**")
-    history = pd.DataFrame(curve_rows(project)).set_index("labels")
-    st.line_chart(history[["coverage_0.9", "accuracy_0.9", "coverage_0.8", "accuracy_0.8"]], height=240)
-    auto_accept_panel(project)
+    st.markdown("**Risk–coverage**: the error rate among the most confident hold-out images, as "
+                "more of them are accepted")
+    st.altair_chart(risk_coverage_chart(coverage, risk), width="stretch", height=260)
+    st.markdown("**As labels grew**: what each rule would have done, model by model")
+    st.altair_chart(history_chart(evaluations), width="stretch", height=320)
+    auto_accept_panel(project, state)
 
 
-def auto_accept_panel(project: Project) -> None:
+def rules_sentence(rules: list[dict], threshold: float = 0.9) -> str:
+    """The trade-off in one sentence: the top class always, against a confidence threshold."""
+    top = rules[0]
+    rule = next((r for r in rules if r["threshold"] == threshold), rules[-1])
+    text = (f"Always taking the top class decides every hold-out image with "
+            f"{top['errors_per_100']:.1f} errors per 100. ")
+    if not rule["n_decided"]:
+        return text + f"No image is {rule['threshold']:g} confident yet."
+    return text + (f"At confidence **{rule['threshold']:g}**, auto-accepting would decide "
+                   f"{rule['coverage']:.0%} of images ({rule['n_decided']:,}), with "
+                   f"{rule['errors_per_100']:.1f} errors per 100 accepted; the others go to people.")
+
+
+def rules_table(rules: list[dict]) -> pd.DataFrame:
+    """The decision rules with names and figures for people."""
+    return pd.DataFrame([{
+        "Rule": "always take the top class" if r["threshold"] == 0 else f"confidence ≥ {r['threshold']:g}",
+        "Decides": f"{r['coverage']:.0%}",
+        "Accuracy on decided": "-" if r["accuracy"] is None else f"{r['accuracy']:.1%}",
+        "Errors per 100 accepted": "-" if r["errors_per_100"] is None else f"{r['errors_per_100']:.1f}",
+        "Images decided": f"{r['n_decided']:,}",
+    } for r in rules])
+
+
+def risk_coverage_chart(coverage: np.ndarray, risk: np.ndarray) -> alt.Chart:
+    data = pd.DataFrame({"share accepted": coverage, "error rate": risk})
+    return alt.Chart(data, height=240).mark_line(color=PALETTE[0]).encode(
+        x=alt.X("share accepted", axis=alt.Axis(format="%"), title="share of hold-out images accepted"),
+        y=alt.Y("error rate", axis=alt.Axis(format="%"), title="error rate among them"),
+        tooltip=[alt.Tooltip("share accepted", format=".1%"), alt.Tooltip("error rate", format=".1%")])
+
+
+def history_series(evaluations: list[dict]) -> pd.DataFrame:
+    """One row per model version and line: (labels people gave, line name, value)."""
+    rows = []
+    for e in evaluations:
+        by_threshold = {r["threshold"]: r for r in e["rules"]}
+        for threshold in HISTORY_THRESHOLDS:
+            rule = by_threshold.get(threshold)
+            if rule is None:
+                continue
+            rows.append({"labels": e["n_labels"] - e["n_auto"], "version": e["version"],
+                         "line": f"decides, at ≥ {threshold:g}", "value": rule["coverage"]})
+            if rule["accuracy"] is not None:
+                rows.append({"labels": e["n_labels"] - e["n_auto"], "version": e["version"],
+                             "line": f"accuracy on decided, at ≥ {threshold:g}",
+                             "value": rule["accuracy"]})
+    return pd.DataFrame(rows, columns=["labels", "version", "line", "value"])
+
+
+def history_chart(evaluations: list[dict]) -> alt.Chart:
+    data = history_series(evaluations)
+    lines = [f"{what}, at ≥ {t:g}" for t in HISTORY_THRESHOLDS
+             for what in ("accuracy on decided", "decides")]
+    return alt.Chart(data, height=260).mark_line(point=True).encode(
+        x=alt.X("labels", title="labels people gave (auto-accepted ones not counted)"),
+        y=alt.Y("value", axis=alt.Axis(format="%"), title=None),
+        color=alt.Color("line", scale=alt.Scale(domain=lines, range=list(PALETTE)),
+                        legend=alt.Legend(title=None, orient="right", labelLimit=400, symbolStrokeWidth=3)),
+        strokeDash=alt.StrokeDash("line", scale=alt.Scale(domain=lines, range=[[1, 0], [6, 3]] * 2),
+                                  legend=None),
+        tooltip=["version", "labels", "line", alt.Tooltip("value", format=".1%")])
+
+
+# -- auto-accept: each button's work is done in its callback, before the page draws ------------
+
+def _note(kind: str, text: str) -> None:
+    st.session_state.setdefault(NOTES, []).append((kind, text))
+
+
+def _run(project: Project, kind: str, precision: float) -> None:
+    if kind == "on":
+        project.update_settings(auto_accept_precision=precision)
+    result = autoaccept.run(project, precision, project.stored_settings().audit_share)
+    _note("success", f"Accepted {result['accepted']:,} image(s), sent {result['audited']:,} to people "
+                     "as an audit." + (" It runs again after every retrain." if kind == "on" else ""))
+
+
+def _ask(project: Project, kind: str) -> None:
+    """Turn on / auto-accept now: at once for a small count, else ask first."""
+    precision = st.session_state["auto-precision"]
+    preview = autoaccept.preview(project, precision, project.stored_settings().audit_share)
+    if preview["threshold"] is None:
+        _note("warning", f"No threshold reaches {precision:.1%} precision on the hold-out set yet: "
+                         "nothing was labeled.")
+        if kind == "on":      # on: it starts labeling once a retrain reaches the precision
+            project.update_settings(auto_accept_precision=precision)
+            _note("info", f"Auto-accept is on at {precision:.1%}: it labels after a retrain that "
+                          "reaches it.")
+        return
+    if autoaccept.needs_confirmation(preview["would_accept"]):
+        st.session_state[PENDING] = (kind, precision, preview["would_accept"], preview["would_audit"])
+    else:
+        _run(project, kind, precision)
+
+
+def _confirm(project: Project) -> None:
+    kind, precision, _, _ = st.session_state.pop(PENDING)
+    _run(project, kind, precision)
+
+
+def _turn_off(project: Project) -> None:
+    project.update_settings(auto_accept_precision=None)
+    _note("success", "Auto-accept is off.")
+
+
+def _undo(project: Project) -> None:
+    _note("success", f"Retracted {autoaccept.undo(project):,} auto-accepted label(s).")
+
+
+def auto_accept_panel(project: Project, state: dict) -> None:
+    """`state` is `autoaccept.state(project)`, read after this run's action."""
     st.subheader("Auto-accept")
     allowed("auto_accept")
-    current = project.settings.auto_accept_precision
+    current = state["precision"]
     st.caption("Probabilities are calibrated by temperature scaling fitted on the training labels "
                "(cross-validated); the threshold is the lowest one that meets the precision on the "
                "hold-out set. A share of what it would accept goes to people as an audit.")
-    target = st.slider("Precision to promise", 0.80, 0.995, float(current or 0.95), 0.005)
+    if "auto-precision" not in st.session_state:
+        st.session_state["auto-precision"] = float(current or 0.95)
+    target = st.slider("Precision to promise", 0.80, 0.995, step=0.005, format="%.3f",
+                       key="auto-precision")
     if st.button("Preview the threshold for this precision"):
         chosen = autoaccept.preview(project, target, project.settings.audit_share)
-        if chosen["threshold"] is None:
-            st.warning(f"No threshold reaches {target:.1%} precision on the hold-out set yet.")
-        else:
-            st.info(f"Threshold {chosen['threshold']:.3f} (temperature {chosen['temperature']:.2f}): it "
-                    f"decides {chosen['holdout_coverage']:.0%} of hold-out images at "
-                    f"{chosen['holdout_precision']:.1%} precision, and would label "
-                    f"{chosen['would_accept']:,} pool image(s) now.")
-    a, b, c = st.columns(3)
-    if a.button("Turn on (after every retrain)" if not current else f"Change to {target:.1%}"):
-        st.session_state["confirm_auto"] = ("on", target)
-    if current and b.button("Turn off"):
-        project.update_settings(auto_accept_precision=None)
-        reload_project(project)
-        st.rerun()
-    if c.button("Auto-accept now"):
-        st.session_state["confirm_auto"] = ("now", target)
-    pending = st.session_state.get("confirm_auto")
+        text = autoaccept.describe_preview(chosen)
+        st.info(text[0].upper() + text[1:] + ".")
+    row = st.container(horizontal=True)
+    row.button("Turn on (after every retrain)" if not current else f"Change to {target:.1%}",
+               on_click=_ask, args=(project, "on"))
+    if current:
+        row.button("Turn off", on_click=_turn_off, args=(project,))
+    row.button("Auto-accept now", on_click=_ask, args=(project, "now"))
+    for kind, text in st.session_state.pop(NOTES, []):
+        getattr(st, kind)(text)
+    pending = st.session_state.get(PENDING)
     if pending:
-        kind, chosen_target = pending
-        preview = autoaccept.preview(project, chosen_target, project.settings.audit_share)
-        count = preview["would_accept"]
-        if preview["threshold"] is None:
-            st.warning(f"No threshold reaches {chosen_target:.1%} precision yet: nothing would be "
-                       "labeled.")
-        if count <= LARGE_AUTO_ACCEPT or st.button(
-                f"Yes, label {count:,} image(s) automatically at {chosen_target:.1%}", type="primary"):
-            st.session_state.pop("confirm_auto")
-            if kind == "on":
-                project.update_settings(auto_accept_precision=chosen_target)
-                reload_project(project)
-            result = autoaccept.run(project, chosen_target, project.settings.audit_share)
-            st.success(f"Accepted {result['accepted']:,} image(s), sent {result['audited']} to people "
-                       "as an audit." + (" It runs again after every retrain." if kind == "on" else ""))
-        else:
-            st.warning(f"This would label **{count:,}** image(s) with no person looking at them "
-                       f"(and send {preview['would_audit']} to people as an audit). Confirm below, "
-                       "or move the slider.")
-            if st.button("Cancel"):
-                st.session_state.pop("confirm_auto")
-                st.rerun()
-    report = autoaccept.audit_report(project)
-    accepted = autoaccept.auto_accepted(project)
+        kind, precision, count, audit = pending
+        st.warning(f"This would label **{count:,}** image(s) with no person looking at them (and "
+                   f"send {audit:,} to people as an audit). Confirm below, or cancel.")
+        answer = st.container(horizontal=True)
+        answer.button(f"Yes, label {count:,} image(s) automatically at {precision:.1%}", type="primary",
+                   on_click=_confirm, args=(project,))
+        answer.button("Cancel", on_click=lambda: st.session_state.pop(PENDING, None))
+    audit = (f"measured precision **{state['measured_precision']:.1%}** on {state['reviewed']:,} "
+             f"reviewed image(s), promised {state['promised_precision']:.1%}." if state["reviewed"]
+             else f"{state['audits'] - state['reviewed']:,} audit image(s) waiting for people.")
     st.markdown(f"Auto-accept is **{'on at ' + format(current, '.1%') if current else 'off'}**. "
-                f"{len(accepted)} label(s) in force were auto-accepted. Audit: "
-                + (f"measured precision **{report['measured_precision']:.1%}** on {report['reviewed']} "
-                   f"reviewed image(s), promised {report['promised_precision']:.1%}."
-                   if report["reviewed"] else f"{report['audits']} image(s) waiting for people."))
-    if accepted and st.button(f"Undo all {len(accepted)} auto-accepted label(s)"):
-        st.success(f"Retracted {autoaccept.undo(project)} label(s).")
+                f"**{state['in_force']:,}** label(s) in force were auto-accepted. Audit: {audit}")
+    if state["in_force"]:
+        st.button(f"Undo all {state['in_force']:,} auto-accepted label(s)", on_click=_undo,
+                  args=(project,))

@@ -3,7 +3,7 @@ import pytest
 
 from loop import autoaccept
 from loop.autoaccept import apply_temperature, fit_temperature, threshold_for_precision
-from loop.project import Paths, create_project
+from loop.project import Paths, Project, create_project
 from loop.queue import next_queries
 from loop.settings import Settings
 from loop.store import Store
@@ -59,3 +59,66 @@ def test_auto_accept_labels_pool_only_audits_and_undoes(tmp_path, demo_project, 
     assert autoaccept.undo(project) == len(accepted)
     assert autoaccept.auto_accepted(project) == []
     assert len(project.store.label_events(project.id)) == events_before + len(accepted)
+
+
+# -- the auto-accept command: the Rules page's rules from a shell --------------------------------
+
+@pytest.fixture
+def cli_project(tmp_path, demo_project, shared_cache):
+    paths = Paths(tmp_path / "data", cache_dir=shared_cache)
+    root = small_folder(demo_project.root, tmp_path / "animals", per_class=30)
+    project = create_project(Store(paths.database), "a", root, paths,
+                             settings=Settings(seeds_per_class=3, holdout_fraction=0.3))
+    return project, ["--data", str(tmp_path / "data"), "auto-accept", "a"]
+
+
+def test_auto_accept_command_previews_asks_first_runs_and_undoes(cli_project, capsys, monkeypatch):
+    from loop.__main__ import main
+
+    project, argv = cli_project
+    monkeypatch.setenv("JUICER_CACHE", str(project.paths.cache))
+    labels_before = len(project.store.current_labels(project.id))
+    assert main([*argv, "--precision", "0.9"]) == 0                # a preview changes nothing
+    out = capsys.readouterr().out
+    assert "would label" in out and "auto-accept is off; 0 auto-accepted label(s) in force" in out
+    assert len(project.store.current_labels(project.id)) == labels_before
+    would = autoaccept.preview(project, 0.9, project.settings.audit_share)["would_accept"]
+    monkeypatch.setattr(autoaccept, "CONFIRM_ABOVE", max(would - 1, 0))   # this count is "large"
+    assert would > 0
+    assert main([*argv, "--precision", "0.9", "--now"]) == 1
+    out = capsys.readouterr().out
+    assert f"not done: this would label {would:,} image(s)" in out and "run again with --yes" in out
+    assert len(project.store.current_labels(project.id)) == labels_before
+    assert main([*argv, "--precision", "0.9", "--on", "--yes"]) == 0
+    out = capsys.readouterr().out
+    accepted = len(autoaccept.auto_accepted(project))
+    assert accepted > 0 and f"accepted {accepted:,} image(s)" in out
+    assert f"auto-accept is on at 90.0%; {accepted:,} auto-accepted label(s) in force" in out
+    assert Project.open("a", project.paths.root).settings.auto_accept_precision == 0.9
+    assert main([*argv, "--undo"]) == 0
+    assert f"retracted {accepted:,}" in capsys.readouterr().out
+    assert autoaccept.auto_accepted(project) == []
+    assert main([*argv, "--off"]) == 0
+    assert "auto-accept is off" in capsys.readouterr().out
+    assert Project.open("a", project.paths.root).settings.auto_accept_precision is None
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "--precision P is needed"),
+    (["--precision", "1.5", "--now"], "--precision is a share in [0.5, 1)"),
+    (["--precision", "0.9", "--now", "--off"], "choose one of --now, --on, --off, --undo"),
+])
+def test_auto_accept_command_refuses_bad_input(cli_project, capsys, extra, message):
+    from loop.__main__ import main
+
+    project, argv = cli_project
+    assert main([*argv, *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert autoaccept.auto_accepted(project) == []
+
+
+def test_auto_accept_command_names_an_unknown_project(tmp_path, capsys):
+    from loop.__main__ import main
+
+    assert main(["--data", str(tmp_path), "auto-accept", "nope", "--precision", "0.9"]) == 2
+    assert "no project 'nope'" in capsys.readouterr().err

@@ -1,0 +1,90 @@
+"""A real browser opens a lead page's own address (http://host/curve) directly, as a bookmark or a
+reload does, first thing on a new server: the page shows, nothing answers 404 (Streamlit's
+browser code looks for the server one folder down first unless the page names it:
+`PageAddresses` in app.py), the console has no error (no "Failed to fetch metrics config": usage
+statistics are off in .streamlit/config.toml, which this server is left to read), and no request
+leaves for another host."""
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.conftest import REPO, SHARED_DATA
+from tests.test_browser import CHROMIUM, FLAGS, free_port
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(CHROMIUM is None, reason="apt-get install chromium (.ci/run does)")]
+LEAD = "browser-pages-lead-token-0123456789"
+
+
+@pytest.fixture
+def plain_server(tmp_path, demo_project, shared_cache):
+    """`streamlit run app.py` with only the flags a person would give (no usage-statistics flag:
+    the repository's config.toml must turn them off)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "datasets").symlink_to(SHARED_DATA / "datasets")
+    port = free_port()
+    env = {**os.environ, "JUICER_DATA": str(data), "JUICER_CACHE": str(shared_cache),
+           "JUICER_LEAD_TOKEN": LEAD}
+    log = open(tmp_path / "server.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("the app did not start: " + (tmp_path / "server.log").read_text()[-2000:])
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
+
+
+def test_a_page_address_opened_directly_loads_cleanly_and_calls_nowhere(plain_server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url = plain_server
+    console, failures, outside = [], [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+        page.on("response", lambda r: failures.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        page.on("requestfailed", lambda r: failures.append(f"failed {r.url}: {r.failure}")
+                if "ERR_ABORTED" not in (r.failure or "") else None)     # aborted: we navigated on
+        page.on("request", lambda r: outside.append(r.url)
+                if urlparse(r.url).scheme in ("http", "https", "ws", "wss")
+                and urlparse(r.url).hostname != "127.0.0.1" else None)
+        # The server's first visitor opens a page's address (pages/ is not taken for Streamlit's
+        # old pages folder), signing in with the link's token (then kept in a cookie) ...
+        page.goto(url + f"/curve?token={LEAD}", timeout=180_000)
+        page.get_by_role("heading", name="Learning curve: demo").wait_for(timeout=180_000)
+        assert urlparse(page.url).path == "/curve"
+        page.wait_for_function("() => document.cookie.includes('juicer_token=')", timeout=30_000)
+        for path, heading in (("/rules", "Decision rules: demo"), ("/project", "Projects")):
+            page.goto(url + path, timeout=60_000)                  # ... then as a bookmark does
+            page.get_by_role("heading", name=heading).wait_for(timeout=60_000)
+            assert urlparse(page.url).path == path
+        page.wait_for_timeout(1500)                                 # late requests, metrics
+        page.screenshot(path=str(tmp_path / "project-opened-directly.png"), full_page=True)
+        page.get_by_role("link", name="Curve").click()             # and moving on from there works
+        page.get_by_role("heading", name="Learning curve: demo").wait_for(timeout=60_000)
+        browser.close()
+    assert failures == [], failures
+    assert outside == [], outside
+    assert not [m for m in console if m.startswith("error") or "metrics config" in m], console
