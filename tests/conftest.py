@@ -4,6 +4,7 @@ so the demo set is embedded once per machine, not once per test."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,13 @@ def _stop_background_trainers():
         trainer._trainers.clear()
     for worker in running:
         worker.close()
+
+
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """A test that runs a page script may leave it in sys.modules as `__main__`; processes
+    started with "spawn" later re-run `__main__` first, and would run that page instead."""
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main

@@ -33,19 +33,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path, demo_project, shared_cache):
+def serve_app(tmp_path, shared_cache, token: str, *flags: str):
+    """`streamlit run app.py` on a fresh data root under `tmp_path` (the demo images linked), with
+    `token` as the first lead's and `flags` added; yields (url, data root), stops it after."""
     data = tmp_path / "data"
     data.mkdir()
     (data / "datasets").symlink_to(SHARED_DATA / "datasets")
     port = free_port()
     env = {**os.environ, "JUICER_DATA": str(data), "JUICER_CACHE": str(shared_cache),
-           "JUICER_LEAD_TOKEN": LEAD}
+           "JUICER_LEAD_TOKEN": token}
     log = open(tmp_path / "server.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+         "--server.port", str(port), "--server.address", "127.0.0.1", *flags],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -62,6 +62,12 @@ def server(tmp_path, demo_project, shared_cache):
     process.terminate()
     process.wait(timeout=30)
     log.close()
+
+
+@pytest.fixture
+def server(tmp_path, demo_project, shared_cache):
+    yield from serve_app(tmp_path, shared_cache, LEAD, "--browser.gatherUsageStats", "false",
+                         "--server.fileWatcherType", "none")
 
 
 def settle(page) -> None:

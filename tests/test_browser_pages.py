@@ -5,17 +5,11 @@ browser code looks for the server one folder down first unless the page names it
 statistics are off in .streamlit/config.toml, which this server is left to read), and no request
 leaves for another host."""
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
 from urllib.parse import urlparse
 
 import pytest
 
-from tests.conftest import REPO, SHARED_DATA
-from tests.test_browser import CHROMIUM, FLAGS, free_port
+from tests.test_browser import CHROMIUM, FLAGS, serve_app
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(CHROMIUM is None, reason="apt-get install chromium (.ci/run does)")]
@@ -26,32 +20,8 @@ LEAD = "browser-pages-lead-token-0123456789"
 def plain_server(tmp_path, demo_project, shared_cache):
     """`streamlit run app.py` with only the flags a person would give (no usage-statistics flag:
     the repository's config.toml must turn them off)."""
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "datasets").symlink_to(SHARED_DATA / "datasets")
-    port = free_port()
-    env = {**os.environ, "JUICER_DATA": str(data), "JUICER_CACHE": str(shared_cache),
-           "JUICER_LEAD_TOKEN": LEAD}
-    log = open(tmp_path / "server.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("the app did not start: " + (tmp_path / "server.log").read_text()[-2000:])
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    for url, _ in serve_app(tmp_path, shared_cache, LEAD):
+        yield url
 
 
 def test_a_page_address_opened_directly_loads_cleanly_and_calls_nowhere(plain_server, tmp_path):

@@ -215,24 +215,7 @@ def test_python_side_stores_once_and_acknowledges(tmp_path, monkeypatch):
     assert [r["uid"] for r in stored(log_path)] == ["u1", "u2"]
 
 
-@pytest.fixture
-def app(tmp_path, monkeypatch, demo_project, shared_cache):
-    """The real app through AppTest on its own data root (as tests/test_app.py's fixture)."""
-    import streamlit as st
-    from streamlit.testing.v1 import AppTest
-
-    from tests.conftest import SHARED_DATA
-    from tests.test_app import LEAD
-
-    monkeypatch.setenv("JUICER_DATA", str(tmp_path))
-    monkeypatch.setenv("JUICER_CACHE", str(shared_cache))
-    monkeypatch.setenv("JUICER_LEAD_TOKEN", LEAD)
-    (tmp_path / "datasets").symlink_to(SHARED_DATA / "datasets")
-    for name in [m for m in sys.modules if m == "app" or m.startswith("pages")]:
-        sys.modules.pop(name)
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    return AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
+from tests.test_app import app  # noqa: E402,F401,F811  the real app through AppTest, its own data root
 
 
 def _label_widget_data(at) -> dict:
