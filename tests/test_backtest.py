@@ -407,12 +407,12 @@ def test_lcdb_backtest_the_forecaster_beats_both_baselines():
 @needs_lcdb
 @pytest.mark.slow
 def test_lcdb_backtest_at_its_defaults_every_n0_and_horizon():
-    """The command as shipped, on 600 of its 1,600 curves (100 bootstrap replicates; the full run
+    """The command as shipped, on 400 of its 1,600 curves (100 bootstrap replicates; the full run
     took 230 s on the 2-core CI machine, too much of the test budget; bench/README.md has its
     figures): at every N0 and horizon the forecaster is closer than both baselines, its 80%
     interval holds about 80% of the later measurements, and it says "not reachable" of a target
     that was reached far less often than flat does."""
-    results = run("lcdb", as_json=True, max_curves=600, log=lambda line: None)
+    results = run("lcdb", as_json=True, max_curves=400, log=lambda line: None)
     assert list(results) == KEYS
     for key, models in results.items():
         forecaster, flat, power = (models[m] for m in MODELS)
