@@ -346,9 +346,19 @@ def thumbnail(path: str | Path, size: int, max_pixels: int | None = MAX_PIXELS,
     box-reduced a strip at a time, so no full-size converted copy exists. Same limits and
     `ImageError`s as `load_image`.
     """
+    return encoded(display_image(path, size, max_pixels, max_bytes, budget), format)
+
+
+def display_image(path: str | Path, size: int, max_pixels: int | None = MAX_PIXELS,
+                  max_bytes: int | None = None, budget: DecodeBudget | None = None,
+                  enlarge: bool = True) -> Image.Image:
+    """The decoded RGB picture `thumbnail` encodes (decode once, encode in several formats);
+    `enlarge=False` keeps an image smaller than `size` at its own size."""
     name = str(path)
     with _opened(path, max_bytes) as f, _decoding(name), _open_checked(f, name, max_pixels) as img:
         width, height = img.size
+        if not enlarge:
+            size = min(size, max(width, height))
         scale = size / max(width, height)
         target = (max(1, int(width * scale)), max(1, int(height * scale)))
         img.draft("RGB", target)
@@ -361,7 +371,12 @@ def thumbnail(path: str | Path, size: int, max_pixels: int | None = MAX_PIXELS,
     small = small.resize(target, resample)
     if orientation in _TRANSPOSE:
         small = small.transpose(_TRANSPOSE[orientation])
-    small = _flatten(small)
+    return _flatten(small)
+
+
+def encoded(picture: Image.Image, format: str = "PNG") -> bytes:
+    """`picture` as the bytes of an image file in `format` (an OSError or KeyError where this
+    Pillow has no encoder for it)."""
     buffer = io.BytesIO()
-    small.save(buffer, format)
+    picture.save(buffer, format)
     return buffer.getvalue()

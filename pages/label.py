@@ -113,22 +113,17 @@ def screen_image(project, path: str, size: int = SHOW_SIZE) -> str:
 
 @st.cache_data(max_entries=4096, show_spinner=False)
 def _screen_image(path: str, size: int, max_pixels: int) -> tuple[str, bytes]:
-    from PIL import Image
+    from models.images import display_image, encoded
 
-    from models.images import thumbnail
-
-    with Image.open(path) as header:                 # reads the header only
-        long_side = max(header.size)
-    side = max(1, min(size, long_side))
-    encoded = []
+    picture = display_image(path, size, max_pixels=max_pixels, enlarge=False)   # decoded once
+    choices = []
     for fmt, mime in (("PNG", "image/png"), ("WEBP", "image/webp"), ("JPEG", "image/jpeg")):
         try:
-            encoded.append((len(data := thumbnail(path, side, max_pixels=max_pixels, format=fmt)),
-                            mime, data))
+            choices.append((len(data := encoded(picture, fmt)), mime, data))
         except (OSError, KeyError):                  # an encoder this Pillow lacks
             continue
     # Lossy formats only pay off for photographs; for a tiny or flat image PNG is smaller.
-    _, mime, data = min(encoded, key=lambda e: e[0])
+    _, mime, data = min(choices, key=lambda e: e[0])
     return mime, data
 
 

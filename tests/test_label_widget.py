@@ -515,3 +515,24 @@ def test_the_team_page_lists_flagged_images_and_sends_them_back(app, tmp_path):
     button(at, "Back to the queue").click().run()
     assert not at.exception and project.store.flags(project.id) == []
     assert image not in project.store.current_labels(project.id)        # still no label
+
+
+def test_an_unreadable_image_goes_to_the_screen_empty_not_as_a_crash(tmp_path):
+    """A corrupt file in the window (text named .png, a truncated PNG) is sent as an empty
+    picture (its name still shows); a readable one small enough goes at its own size."""
+    import base64
+    import io
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from pages.label import screen_image
+
+    project = SimpleNamespace(root=tmp_path, settings=SimpleNamespace(max_megapixels=50))
+    (tmp_path / "text.png").write_text("not an image")
+    Image.new("RGB", (40, 30), "red").save(tmp_path / "good.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "good.png").read_bytes()[:40])
+    assert screen_image(project, "text.png") == "data:image/png;base64,"
+    assert screen_image(project, "cut.png") == "data:image/png;base64,"
+    good = screen_image(project, "good.png")
+    assert Image.open(io.BytesIO(base64.b64decode(good.split(",", 1)[1]))).size == (40, 30)
