@@ -174,6 +174,24 @@ class StudyResult:
     predicted_full: tuple[float, float, float]    # mean, 10th and 90th percentile
     labels_needed: LabelsNeeded
     seconds: float
+    project_pool: int | None = None    # the project's pool images: the most people could label
+
+    def needed_text(self) -> str:
+        """"Labels needed" within what the project allows: a count (or a bound) beyond the
+        project's pool is said as what labeling all of it would reach, never as a number of labels
+        the project cannot give."""
+        needed, limit = self.labels_needed, self.project_pool
+        if limit is None or (needed.reachable and needed.labels <= limit and
+                             needed.high is not None and needed.high <= limit):
+            return str(needed)
+        mean, low, high = self.forecaster.predict(limit)
+        at_limit = (f"labeling all {limit:,} pool images is forecast to reach about {mean:.1%} "
+                    f"(80%: {low:.1%} to {high:.1%})")
+        if needed.reachable and needed.labels <= limit:
+            return (f"about {needed.labels:,.0f} labels to reach {self.target:.1%} (80% interval "
+                    f"{needed.low or 0:,.0f} to more than the {limit:,} pool images); {at_limit}")
+        return (f"{at_limit}; {self.target:.1%} would need more images than the project has"
+                + ("" if needed.reachable else f" (the forecast levels off at {needed.ceiling:.1%})"))
 
     @property
     def measured_full_runs(self) -> list[float]:
@@ -210,7 +228,7 @@ class StudyResult:
                 "labels_needed": {"target": self.target, "labels": plain(labels),
                                   "low": plain(labels_low), "high": plain(labels_high),
                                   "reachable": self.labels_needed.reachable,
-                                  "text": str(self.labels_needed)},
+                                  "text": self.needed_text()},
                 "seconds": round(self.seconds, 2)}
 
 
@@ -271,7 +289,8 @@ def run_study(project: Project, fractions: Sequence[float] | None = DEFAULT_FRAC
                        runs=runs, correct=correct, forecaster=forecaster,
                        predicted_full=tuple(float(v) for v in forecaster.predict(len(y))),
                        labels_needed=forecaster.labels_needed(target),
-                       seconds=time.perf_counter() - started)
+                       seconds=time.perf_counter() - started,
+                       project_pool=len(project.store.images(project.id, split="pool")))
 
 
 # -- opening, reporting, writing ----------------------------------------------------------------
@@ -312,7 +331,7 @@ def report(result: StudyResult) -> str:
               (f"measured at the full pool: {result.measured_full:.3f} (mean of {runs} run"
                f"{'s' if runs > 1 else ''}): {'inside' if result.inside_interval else 'OUTSIDE'} "
                f"the 80% interval, {result.measured_full - mean:+.3f} from the forecast"),
-              f"labels needed: {result.labels_needed}",
+              f"labels needed: {result.needed_text()}",
               f"({len(result.runs)} heads trained in {result.seconds:.1f} s)"]
     return "\n".join(lines)
 

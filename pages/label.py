@@ -15,7 +15,7 @@ from loop.trainer import trainer_for
 from pages.common import allowed, escape, sidebar
 from pages.label_widget import grid_widget, images_held, label_widget, pending_answers
 
-WINDOW = 12         # images the browser holds ahead: more than a fast typist answers in one redraw
+WINDOW = 24         # images the browser holds ahead: more than a fast typist answers in one redraw
 SHOW_SIZE = 512     # px, the most an image's long side is sent at (smaller images go as they are)
 REFRESH_SECONDS = 5     # an idle page redraws this often: new suggestions after a retrain
 RENEW_SECONDS = 60      # leases are renewed at most this often (answers renew them too)

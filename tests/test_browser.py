@@ -173,6 +173,22 @@ def test_fast_keys_answer_the_image_on_screen_in_the_real_app(server, tmp_path):
         page.wait_for_function("() => window.__lwRoot().dataset.outbox === '0'", timeout=60_000)
         assert page.evaluate("() => window.__lwRoot().dataset.imageId") == newest   # back
 
+        # An answer restored into the list after the reload can be changed by a click and a key.
+        restored = page.evaluate("() => [...window.__lwRoot().querySelectorAll("
+                                 "'.lw-history-button')].map(b => b.dataset.imageId)")
+        assert restored and newest not in restored
+        for target, key in ((int(restored[0]), "7"), (int(restored[-1]), "8")):
+            page.evaluate(f"() => window.__lwRoot().querySelector("
+                          f"\".lw-history-button[data-image-id='{target}']\").click()")
+            page.wait_for_function(f"() => window.__lwRoot().dataset.editing === '{target}'",
+                                   timeout=10_000)
+            assert page.evaluate("() => window.__lwRoot().dataset.imageId") == str(target)
+            page.keyboard.press(key)
+            page.wait_for_function("() => window.__lwRoot().dataset.outbox === '0'",
+                                   timeout=60_000)
+            assert stored_state(data).get(target) == CLASSES[int(key) - 1], (target, key)
+        assert page.evaluate("() => window.__lwRoot().dataset.imageId") == newest   # queue again
+
         # Grid mode with keys: an arrow moves, Space marks wrong, Enter confirms the rest; the
         # grid's images are held on a short lease while shown.
         page.get_by_text("Grid", exact=True).click()

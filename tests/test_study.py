@@ -114,6 +114,27 @@ def test_forecast_is_checked_against_the_full_pool(demo_study):
     assert [s["n"] for s in figures["sizes"]] == [80, 160, 400]
     report = loop.study.report(result)
     assert "forecast at the full pool (1,600 labels)" in report and "measured at the full pool" in report
+    assert "1,000,000" not in report
+
+
+def test_labels_needed_is_said_within_the_project_pool(demo_study):
+    """A target beyond what the project's images allow is said as what labeling them all would
+    reach, never as "more than 1,000,000" labels of a project that has 1,600."""
+    import dataclasses
+
+    from loop.forecast import LabelsNeeded
+
+    result, _ = demo_study
+    beyond = dataclasses.replace(result, project_pool=1600, target=0.99,
+                                 labels_needed=LabelsNeeded(0.99, 806_761.0, 2101.0, None, 0.995))
+    text = beyond.needed_text()
+    assert text.startswith("labeling all 1,600 pool images is forecast to reach about ")
+    assert "99.0% would need more images than the project has" in text and "1,000,000" not in text
+    inside = dataclasses.replace(result, project_pool=1600,
+                                 labels_needed=LabelsNeeded(0.9, 900.0, 600.0, None, 0.97))
+    assert inside.needed_text().startswith("about 900 labels to reach")
+    assert "more than the 1,600 pool images" in inside.needed_text()
+    assert dataclasses.replace(result, project_pool=None).needed_text() == str(result.labels_needed)
 
 
 def test_same_seed_same_study(demo_study, demo_project):
