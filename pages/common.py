@@ -174,11 +174,11 @@ def sidebar_figures() -> None:
     done), from one read of the store: labels in force (by people, auto-accepted, hold-out), the
     newest scored model with its hold-out accuracy, and a failed background retrain if no version
     was published since."""
-    placeholder, project = st.session_state.pop(_FIGURES, (None, None))
+    placeholder, project, *read = st.session_state.pop(_FIGURES, (None, None))
     if placeholder is None:
         return
     try:
-        f = project.figures()
+        f = read[0] if read else project.figures()
         failure = last_failure(project)
     except StoreError:           # a deleted or unreadable database: the page said so already
         return
@@ -196,6 +196,17 @@ def sidebar_figures() -> None:
         st.caption("  \n".join(lines))
         if failure:
             st.error(failure)
+
+
+def page_figures(project: Project) -> dict:
+    """`project.figures()`, read by a page inside its own snapshot of the store and shown by the
+    sidebar as they are: the sidebar's model and the page's are then the same, even when a retrain
+    is scored while the page draws."""
+    figures = project.figures()
+    held = st.session_state.get(_FIGURES)
+    if held and held[1] is project:
+        st.session_state[_FIGURES] = (held[0], project, figures)
+    return figures
 
 
 def last_failure(project: Project) -> str | None:

@@ -27,7 +27,7 @@ from loop.curve import (
 )
 from loop.project import Project
 from loop.study import report, run_study, study_figure
-from pages.common import allowed, data_dir, project_named, sidebar
+from pages.common import allowed, data_dir, page_figures, project_named, sidebar
 from pages.gallery import gallery
 
 POLL_SECONDS = 5
@@ -37,7 +37,9 @@ def curve_page() -> None:
     person = allowed("lead_pages")
     project = sidebar(person)
     st.title(f"Learning curve: {project.name}")
-    data = read_curve(project)
+    with project.store.snapshot():       # the page and the sidebar: one read
+        data = read_curve(project)
+        page_figures(project)
     watch_for_new_evaluations(project, data.newest_id)
     if data.last is None:
         st.info("No model yet: the curve starts with the first retrain.")

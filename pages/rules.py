@@ -14,7 +14,7 @@ import streamlit as st
 from loop import autoaccept
 from loop.evaluation import risk_coverage
 from loop.project import Project
-from pages.common import allowed, sidebar
+from pages.common import allowed, page_figures, sidebar
 
 HISTORY_THRESHOLDS = (0.9, 0.8)
 # Four hues told apart by everyone, colour-blind people included (Okabe and Ito), one per line.
@@ -31,6 +31,7 @@ def rules_page() -> None:
         latest = evaluations[-1] if evaluations else None
         predictions = project.store.holdout_predictions(latest["id"]) if latest else None
         state = autoaccept.state(project)
+        page_figures(project)
     if latest is None:
         st.info("No model yet.")
         return

@@ -23,7 +23,7 @@ def curve_app(tmp_path, monkeypatch, shared_cache):
     """Opens the Curve page of a synthetic project: call with the project's points."""
     from loop.people import create_token
 
-    def open_page(points, **kwargs) -> AppTest:
+    def open_page(points, then: str = "", **kwargs) -> AppTest:
         project = synthetic_project(tmp_path, points, **kwargs)
         create_token(project.store, "lead", "lead", token=LEAD)
         monkeypatch.setenv("JUICER_DATA", str(tmp_path))
@@ -34,7 +34,7 @@ def curve_app(tmp_path, monkeypatch, shared_cache):
         st.cache_data.clear()
         script = (f"import sys; sys.path.insert(0, {str(REPO)!r})\nimport streamlit as st\n"
                   f"from pages.curve import curve_page\nst.session_state['token'] = {LEAD!r}\n"
-                  "st.query_params['project'] = 'synth'\ncurve_page()")
+                  "st.query_params['project'] = 'synth'\ncurve_page()\n" + then)
         at = AppTest.from_string(script, default_timeout=120).run()
         assert not at.exception, at.exception
         return at
@@ -58,6 +58,23 @@ def test_forecast_stays_within_the_pool_and_moves_with_the_target_in_one_run(cur
     # the chart of the same run is drawn for the same target (its legend names it)
     assert at.session_state["target"] == 0.99
     assert len(at.get("image")) >= 1
+
+
+def test_the_sidebar_shows_the_model_the_page_read(curve_app, monkeypatch):
+    """The page's figures and the sidebar's come from one read: the sidebar does not read the
+    store again after the page (a retrain scored in between made them disagree: v1 on the page,
+    v2 in the sidebar)."""
+    from loop.project import Project
+
+    reads = []
+    figures = Project.figures
+    monkeypatch.setattr(Project, "figures", lambda self: reads.append(
+        self.store.db.conn.in_transaction) or figures(self))
+    at = curve_app(RISING, then="from pages.common import sidebar_figures\nsidebar_figures()")
+    assert reads == [True]                        # once, inside the page's snapshot
+    version = len(RISING)
+    assert f"model v{version}," in texts(at)
+    assert any(f"Model **v{version}**" in c.value for c in at.sidebar.caption)
 
 
 def test_a_met_target_is_said_plainly(curve_app):
