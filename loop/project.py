@@ -150,17 +150,70 @@ def scan_folder(root: str | Path, labeled: bool
     return found, classes, refused
 
 
-def _stratified_sample(groups: dict, size: int, rng: np.random.Generator) -> list:
-    """Pick `size` items spread over groups in proportion to group sizes (each group keeps at
-    least one item outside the sample, so no class vanishes from the training pool)."""
-    total = sum(len(v) for v in groups.values())
-    picked = []
-    for key in sorted(groups, key=str):
-        items = list(groups[key])
-        take = min(len(items) - 1, int(round(size * len(items) / total)))
-        if take > 0:
-            picked.extend(items[i] for i in rng.choice(len(items), size=take, replace=False))
+def stratified_groups(classes: Sequence, sizes: Sequence[int], size: int,
+                      rng: np.random.Generator) -> list[int]:
+    """Indices of a random sample of whole groups (group k holds `sizes[k]` items of class
+    `classes[k]`) that together hold at most `size` items, spread over the classes in proportion
+    to their item counts. Every class keeps at least one group outside the sample, so no class
+    vanishes from the training pool.
+
+    >>> picked = stratified_groups(["a"] * 6 + ["b"] * 3, [1, 2, 1, 3, 1, 1, 1, 1, 1], 5,
+    ...                            np.random.default_rng(0))
+    >>> sum([1, 2, 1, 3, 1, 1, 1, 1, 1][k] for k in picked) <= 5
+    True
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    total = int(sizes.sum())
+    if size <= 0 or total == 0:
+        return []
+    members: dict = {}
+    for k, c in enumerate(classes):
+        members.setdefault(c, []).append(k)
+    names = sorted(members, key=str)
+    counts = np.array([sizes[members[c]].sum() for c in names], dtype=float)
+    # Quotas in items by largest remainder, so they add up to `size` exactly (rounding each class
+    # on its own overshot by up to half an item per class); ties go to a random class.
+    ideal = min(size, total) * counts / total
+    quota = np.floor(ideal).astype(np.int64)
+    short = min(size, total) - int(quota.sum())
+    order = rng.permutation(len(names))
+    order = order[np.argsort(-(ideal - quota)[order], kind="stable")]
+    quota[order[:short]] += 1
+    picked: list[int] = []
+    outside = {c: len(members[c]) for c in names}
+    taken = np.zeros(len(sizes), dtype=bool)
+    room = size
+    for c, q in zip(names, quota):
+        for k in rng.permutation(members[c]):
+            if outside[c] > 1 and sizes[k] <= q and sizes[k] <= room:
+                picked.append(int(k))
+                taken[k] = True
+                outside[c] -= 1
+                q -= sizes[k]
+                room -= sizes[k]
+    # Groups too big for what their class had left, or a class too small to give its share,
+    # leave room: fill it from the groups not taken, whatever their class.
+    for k in rng.permutation(np.flatnonzero(~taken)):
+        if room <= 0:
+            break
+        if outside[classes[k]] > 1 and sizes[k] <= room:
+            picked.append(int(k))
+            outside[classes[k]] -= 1
+            room -= sizes[k]
     return picked
+
+
+def copy_groups(images: Sequence[dict]) -> dict[str, list[dict]]:
+    """The images grouped by content hash: each group holds byte-for-byte copies of one file."""
+    groups: dict[str, list[dict]] = {}
+    for image in images:
+        groups.setdefault(image["hash"], []).append(image)
+    return groups
+
+
+def known_classes(group: Sequence[dict]) -> set:
+    """The folder classes the copies of one image carry (more than one: a conflict)."""
+    return {i["known_class_id"] for i in group if i["known_class_id"] is not None}
 
 
 # -- the project ------------------------------------------------------------------------------
@@ -217,25 +270,27 @@ class Project:
         return failures
 
     def draw_holdout(self) -> list[int]:
-        """Put a random sample of images into the hold-out split (stratified by folder class where
-        known; exact duplicates go together). Labeled folders import the hold-out's labels."""
+        """Put a random sample of images into the hold-out split: at most `holdout_size` images
+        counting every copy, and those already there (drawing again only tops it up), stratified
+        by folder class where known. Exact duplicates go together; an image whose copies sit in
+        different class folders stays out, as its truth is ambiguous. Labeled folders import the
+        hold-out's labels. Returns the ids of the images put in now."""
         s = self.settings
         images = self.store.images(self.id)
-        by_hash: dict[str, list[dict]] = {}
-        for image in images:
-            by_hash.setdefault(image["hash"], []).append(image)
-        size = min(s.holdout_size, int(round(s.holdout_fraction * len(by_hash))))
-        groups: dict = {}
-        for key, dupes in by_hash.items():
-            groups.setdefault(dupes[0]["known_class_id"], []).append(key)
+        held = sum(i["split"] == "holdout" for i in images)
+        size = min(s.holdout_size, int(round(s.holdout_fraction * len(images)))) - held
+        candidates = [group for group in copy_groups(images).values()
+                      if len(known_classes(group)) <= 1 and all(i["split"] == "pool" for i in group)]
         rng = np.random.default_rng([s.seed, 1])
-        chosen = _stratified_sample(groups, size, rng)
-        ids = [image["id"] for key in chosen for image in by_hash[key]]
-        self.store.set_split(ids, "holdout")
-        known = [(i["id"], i["known_class_id"]) for key in chosen for i in by_hash[key]
-                 if i["known_class_id"] is not None]
-        if known:
-            self.store.add_labels(self.id, known, annotator="folder", source="imported")
+        picked = stratified_groups([next(iter(known_classes(group)), None) for group in candidates],
+                                   [len(group) for group in candidates], size, rng)
+        chosen = [image for k in picked for image in candidates[k]]
+        ids = [image["id"] for image in chosen]
+        known = [(i["id"], i["known_class_id"]) for i in chosen if i["known_class_id"] is not None]
+        with self.store.transaction():   # the split and its labels, or neither (a resume redraws)
+            self.store.set_split(ids, "holdout")
+            if known:
+                self.store.add_labels(self.id, known, annotator="folder", source="imported")
         return ids
 
     def draw_seeds(self) -> list[int]:
@@ -416,23 +471,33 @@ class Project:
                 "n_holdout": scored["n_holdout"] if scored else None}
 
     def status(self) -> dict:
-        """Counts of the project's images and labels, the files skipped and why, and groups of
-        files that are byte-for-byte copies of each other ("duplicates": kept, and always put in
-        the same split, so a copy never scores the model on an image it trained on)."""
+        """Counts of the project's images and labels, the files skipped and why, groups of files
+        that are byte-for-byte copies of each other ("duplicates": kept, and always put in the
+        same split, so a copy never scores the model on an image it trained on), and those groups
+        whose copies sit in different class folders ("conflicts", one line each naming every file
+        and its folder class: kept out of the hold-out, as their truth is ambiguous)."""
         images = self.store.images(self.id)
         labels = self.store.current_labels(self.id)
         split_of = {i["id"]: i["split"] for i in images}
         evaluations = self.store.evaluations(self.id)
-        by_hash: dict[str, list[str]] = {}
-        for image in images:
-            by_hash.setdefault(image["hash"], []).append(image["path"])
+        groups = [group for group in copy_groups(images).values() if len(group) > 1]
+        name_of = {c["id"]: c["name"] for c in self.class_rows}
+        conflicts = []
+        for group in groups:
+            if len(known_classes(group)) > 1:
+                line = " = ".join(f"{i['path']} ({name_of.get(i['known_class_id'], 'no class')})"
+                                  for i in group)
+                if any(i["split"] == "holdout" for i in group):   # drawn before conflicts were kept out
+                    line += ": in the hold-out"
+                conflicts.append(line)
         return {
             "project": self.name, "root": str(self.root), "backbone": self.settings.backbone,
             "classes": self.class_names, "images": len(images),
             "pool": sum(s == "pool" for s in split_of.values()),
             "holdout": sum(s == "holdout" for s in split_of.values()),
             "skipped": [(i["path"], i["reason"]) for i in self.store.skipped_images(self.id)],
-            "duplicates": [paths for paths in by_hash.values() if len(paths) > 1],
+            "duplicates": [[i["path"] for i in group] for group in groups],
+            "conflicts": conflicts,
             "labeled_pool": sum(split_of.get(i) == "pool" for i in labels),
             "labeled_holdout": sum(split_of.get(i) == "holdout" for i in labels),
             "model_versions": len(self.store.model_versions(self.id)),

@@ -4,8 +4,10 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from loop.project import Paths, Project, ProjectError, create_project
+from loop.project import Paths, Project, ProjectError, create_project, stratified_groups
 from loop.queue import next_queries
 from loop.settings import Settings
 from loop.store import Store
@@ -27,6 +29,18 @@ def small_folder(demo_folder, target, per_class=10, labeled=True):
         folder.mkdir(parents=True, exist_ok=True)
         for source in sources:
             shutil.copy(source, folder / (source.name if labeled else f"{name}-{source.name}"))
+    return target
+
+
+def folder_with_copies(demo_folder, target, copies: dict[str, list[int]]):
+    """A labeled folder where class `name` holds demo silhouettes of that animal, the k-th one
+    written `copies[name][k]` times (as k-c.png), so each class has duplicate groups of chosen sizes."""
+    for name, counts in copies.items():
+        sources = sorted((demo_folder / name).glob("*.png"))[:len(counts)]
+        (target / name).mkdir(parents=True, exist_ok=True)
+        for k, (source, n) in enumerate(zip(sources, counts)):
+            for c in range(n):
+                shutil.copy(source, target / name / f"{k}-{c}.png")
     return target
 
 
@@ -172,3 +186,102 @@ def test_trainer_folds_batches_that_arrive_during_a_retrain(tmp_path, demo_folde
     assert trainer.versions[-1]["n_labels"] == 3 + 4
     versions = project.store.model_versions(project.id)
     assert [v["last_event_id"] for v in versions] == sorted({v["last_event_id"] for v in versions})
+
+
+# -- the hold-out draw ----------------------------------------------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.integers(1, 6)), max_size=40),
+       st.integers(-2, 120), st.integers(0, 2**32 - 1))
+def test_stratified_groups_never_exceed_the_size(groups, size, seed):
+    classes, sizes = [c for c, _ in groups], [n for _, n in groups]
+    picked = stratified_groups(classes, sizes, size, np.random.default_rng(seed))
+    assert len(set(picked)) == len(picked)
+    assert sum(sizes[k] for k in picked) <= max(size, 0)
+    outside = {c: classes.count(c) - sum(classes[k] == c for k in picked) for c in set(classes)}
+    assert min(outside.values(), default=1) >= 1                    # no class vanishes from the pool
+    room = max(size, 0) - sum(sizes[k] for k in picked)
+    left = [k for k in range(len(groups)) if k not in picked]
+    assert not [k for k in left if sizes[k] <= room and outside[classes[k]] > 1]   # filled up
+
+
+def test_stratified_groups_split_in_proportion():
+    classes = [c for c, n in enumerate([500, 300, 120, 60, 15, 4, 1]) for _ in range(n)]
+    picked = stratified_groups(classes, [1] * len(classes), 500, np.random.default_rng(3))
+    assert len(picked) == 500
+    per_class = np.bincount([classes[k] for k in picked], minlength=7)
+    assert np.abs(per_class - 500 * np.bincount(classes) / len(classes)).max() <= 1
+    assert per_class[-1] == 0                                        # a lone image stays in the pool
+
+
+def test_holdout_never_exceeds_holdout_size(tmp_path, demo_folder, paths):
+    # Many duplicate groups (up to 4 copies) and awkward class sizes (40, 9 and 2 images): rounding
+    # each class's share and then adding every copy of a drawn image overshot holdout_size.
+    root = folder_with_copies(demo_folder, tmp_path / "animals", {
+        "Cat": [1, 3, 1, 2, 4, 1, 1, 2, 3, 1, 1, 4, 2, 1, 1, 3, 1, 2, 1, 1, 2, 1, 1],
+        "Cow": [2, 1, 3, 1, 2], "Zebra": [1, 1]})
+    store, draws = Store(paths.database), set()
+    for seed in range(4):
+        project = create_project(store, f"a{seed}", root, paths, settings=Settings(
+            seed=seed, holdout_size=11, holdout_fraction=0.6, seeds_per_class=1))
+        images = project.store.images(project.id)
+        holdout = [i for i in images if i["split"] == "holdout"]
+        draws.add(frozenset(i["path"] for i in holdout))
+        assert len(holdout) == 11 and project.status()["holdout"] == 11
+        splits = {}
+        for image in images:
+            splits.setdefault(image["hash"], set()).add(image["split"])
+        assert all(len(s) == 1 for s in splits.values())             # copies share a split
+        per_class = np.bincount([project.class_index[i["known_class_id"]] for i in holdout], minlength=3)
+        assert per_class[0] > per_class[1] >= per_class[2] and per_class[2] <= 1
+        assert project.draw_holdout() == []                          # drawing again adds nothing
+    assert len(draws) > 1                                            # still a random draw
+
+
+def test_holdout_drawn_again_tops_up_to_holdout_size(tmp_path, demo_folder, paths):
+    root = small_folder(demo_folder, tmp_path / "animals")
+    project = create_project(Store(paths.database), "a", root, paths,
+                             settings=Settings(holdout_size=8, holdout_fraction=0.2))
+    assert len(project.store.images(project.id, split="holdout")) == 6          # 0.2 of 30
+    cat = project.class_rows[0]["id"]
+    held = project.store.images(project.id, split="holdout")[0]
+    # Images added later: 20 new ones and a copy of a hold-out image, which joins its original.
+    project.store.add_images(project.id, [{"path": f"Cat/new{k}.png", "hash": f"new{k}", "split": "pool",
+                                           "known_class_id": cat} for k in range(20)]
+                             + [{"path": "Cat/again.png", "hash": held["hash"], "split": "holdout",
+                                 "known_class_id": held["known_class_id"]}])
+    added = project.draw_holdout()                                   # min(8, 0.2 of 51) - 7
+    assert len(added) == 1 and len(project.store.images(project.id, split="holdout")) == 8
+    labels = project.store.current_labels(project.id, split="holdout")
+    assert all(i in labels for i in added)                           # their folder labels imported
+    assert project.draw_holdout() == []
+
+
+def test_copies_in_two_class_folders_are_reported_and_kept_out_of_the_holdout(
+        tmp_path, demo_folder, paths, capsys, monkeypatch):
+    from loop.__main__ import main
+
+    root = small_folder(demo_folder, tmp_path / "animals", per_class=4)
+    cat, zebra = min((root / "Cat").glob("*.png")), max((root / "Zebra").glob("*.png"))
+    shutil.copy(cat, root / "Cow" / "not-a-cow.png")
+    shutil.copy(cat, root / "Cat" / "again.png")                     # a copy in its own class too
+    shutil.copy(zebra, root / "Cat" / "striped.png")
+    conflicted = {f"Cat/{cat.name}", "Cat/again.png", "Cow/not-a-cow.png", f"Zebra/{zebra.name}",
+                  "Cat/striped.png"}
+    store = Store(paths.database)
+    for seed in range(4):
+        project = create_project(store, f"a{seed}", root, paths, settings=Settings(
+            seed=seed, holdout_fraction=0.9, seeds_per_class=1))
+        holdout = {i["path"] for i in project.store.images(project.id, split="holdout")}
+        assert holdout and not holdout & conflicted
+    status = project.status()
+    assert len(status["conflicts"]) == 2 and len(status["duplicates"]) == 2
+    cat_cow = next(line for line in status["conflicts"] if "not-a-cow" in line)
+    assert "Cat/again.png (Cat)" in cat_cow and "Cow/not-a-cow.png (Cow)" in cat_cow
+    assert "Cat/striped.png (Cat)" in next(line for line in status["conflicts"] if "striped" in line)
+
+    monkeypatch.setenv("JUICER_CACHE", str(paths.cache))
+    assert main(["--data", str(paths.root), "status", "a3"]) == 0
+    out = capsys.readouterr().out
+    assert "2 image(s) have copies in different class folders" in out
+    assert "Cow/not-a-cow.png (Cow)" in out and f"Zebra/{zebra.name} (Zebra)" in out
