@@ -342,7 +342,7 @@ def strategy_versus_control(project: Project, repeats: int = 5, min_control: int
     current = {i: e for i, e in events.items() if i in pool and e["class_id"] is not None}
     seeds = [i for i, e in current.items() if e["source"] == "seed"]
     control = [i for i, e in current.items() if e["origin"] == "control"]
-    chosen = [i for i, e in current.items() if e["origin"] == "strategy"]
+    chosen = [i for i, e in current.items() if (e["origin"] or "").startswith("strategy")]
     if len(control) < min_control or len(chosen) < len(control):
         return None
     # Keras is imported only when there is something to train.

@@ -60,18 +60,21 @@ def next_queries(project: Project, n: int, head=None, model_version: int | None 
         n_control = int(rng.binomial(n_pool, project.settings.control_share))
         control = rng.permutation(len(pool))[:n_control]
         rest = np.setdiff1d(np.arange(len(pool)), control)
-        if head is None and project.settings.strategy not in ("typiclust", "kcenter", "auto"):
-            chosen = rng.permutation(rest)[:n_pool - n_control]   # no model: nothing to be unsure of
+        available = dict(
+            probabilities=None, n_classes=len(project.class_names),
+            embeddings=project.embeddings_of([pool[i] for i in rest]) if len(rest) else None,
+            labeled=project.labeled("pool")[1])
+        uniform = np.full((len(rest), len(project.class_names)), 1 / len(project.class_names))
+        available["probabilities"] = uniform if pool_probs is None else pool_probs[rest]
+        if project.settings.strategy == "auto":
+            ranked = chosen_by_arms(project, rest, n_pool - n_control, head is not None, rng, available)
         else:
-            wanted = needs(project.settings.strategy)
-            uniform = np.full((len(rest), len(project.class_names)), 1 / len(project.class_names))
-            chosen = rest[pick(project.settings.strategy, n_pool - n_control, rng,
-                               probabilities=uniform if pool_probs is None else pool_probs[rest],
-                               embeddings=(project.embeddings_of([pool[i] for i in rest])
-                                           if "embeddings" in wanted else None),
-                               labeled=project.labeled("pool")[1] if "labeled" in wanted else None,
-                               n_classes=len(project.class_names))]
-        picked_pool = [(pool[i], None if pool_probs is None else pool_probs[i], "strategy") for i in chosen]
+            name = project.settings.strategy
+            if head is None and name not in ("typiclust", "kcenter", "switch"):
+                name = "random"                  # no model: nothing to be unsure of
+            ranked = [(int(rest[i]), "strategy") for i in pick(name, n_pool - n_control, rng, **available)]
+        picked_pool = [(pool[i], None if pool_probs is None else pool_probs[i], origin)
+                       for i, origin in ranked]
         picked_pool += [(pool[i], None if pool_probs is None else pool_probs[i], "control") for i in control]
     # Hold-out images come without a suggestion anywhere: their answers score the model, and a
     # suggestion would anchor them to it.
@@ -90,6 +93,30 @@ def next_queries(project: Project, n: int, head=None, model_version: int | None 
             confidence=None if probs is None else float(np.max(probs)),
             model_version=model_version if probs is not None else None))
     return queries
+
+
+def chosen_by_arms(project: Project, rest: np.ndarray, n: int, has_model: bool,
+                   rng: np.random.Generator, available: dict) -> list[tuple[int, str]]:
+    """The default strategy's picks (see loop/choice.py): the batch's slots shared among the arms
+    by their measured gain over random, each arm picking its share from the candidates `rest`
+    (indices into the pool) the others left; (pool index, "strategy:<arm>"), the arms
+    interleaved in proportion so that any first part of the queue keeps the shares."""
+    from loop import choice
+
+    arms = choice.ARMS if has_model else ("typiclust", "random")   # no model: nothing to be unsure of
+    shares = choice.allocation(choice.project_gains(project, rng), n, rng, arms=arms)
+    taken: set[int] = set()
+    lists = []
+    for arm, count in sorted(shares.items(), key=lambda kv: -kv[1]):
+        free = np.array([k for k in range(len(rest)) if int(rest[k]) not in taken], dtype=np.int64)
+        if not len(free) or not count:
+            continue
+        sub = {key: (value[free] if key in ("probabilities", "embeddings") else value)
+               for key, value in available.items()}
+        picks = [int(rest[free[i]]) for i in pick(arm, count, rng, **sub)]
+        taken.update(picks)
+        lists.append([((k + 0.5) / len(picks), i, choice.PREFIX + arm) for k, i in enumerate(picks)])
+    return [(i, origin) for _, i, origin in sorted(sum(lists, []), key=lambda e: e[0])]
 
 
 def refresh_queue(project: Project, head=None, model_version: int | None = None,

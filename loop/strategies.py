@@ -18,7 +18,8 @@ from collections.abc import Callable
 import numpy as np
 
 STRATEGIES: dict[str, Callable] = {}
-# The strategy a project uses unless told otherwise: cold start first, then uncertainty + diversity.
+# The strategy a project uses unless told otherwise: the learned choice among strategies
+# (loop/choice.py; the queue runs it, as it needs the project's labels and hold-out).
 DEFAULT_STRATEGY = "auto"
 
 
@@ -203,10 +204,20 @@ COLD_START_LABELS_PER_CLASS = 3
 
 
 @strategy
-def auto(probabilities: np.ndarray, embeddings: np.ndarray, labeled: np.ndarray, n_classes: int,
-         n: int, rng: np.random.Generator) -> np.ndarray:
-    """The default: typical, well-spread images (TypiClust) while the model knows almost nothing
-    (fewer than 3 labels per class), then the batch-aware hybrid."""
+def switch(probabilities: np.ndarray, embeddings: np.ndarray, labeled: np.ndarray, n_classes: int,
+           n: int, rng: np.random.Generator) -> np.ndarray:
+    """A fixed switch rule (the default before the learned choice): typical, well-spread images
+    (TypiClust) while the model knows almost nothing (fewer than 3 labels per class), then the
+    batch-aware hybrid."""
     if len(labeled) < COLD_START_LABELS_PER_CLASS * n_classes:
         return typiclust(embeddings, labeled, n, rng)
     return hybrid(probabilities, embeddings, n, rng)
+
+
+@strategy
+def auto(probabilities: np.ndarray, embeddings: np.ndarray, labeled: np.ndarray, n_classes: int,
+         n: int, rng: np.random.Generator) -> np.ndarray:
+    """The default, learned per project: the queue shares each batch among typiclust, margin,
+    hybrid and random by the gain each measurably brings on the project's own labels
+    (loop/choice.py). Called without a project (here), it falls back to the fixed switch rule."""
+    return switch(probabilities, embeddings, labeled, n_classes, n, rng)

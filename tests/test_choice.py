@@ -1,0 +1,84 @@
+"""The default strategy's learned choice (loop/choice.py): gains measured in context against random
+picks, the batch given to the arm measured best, and random where every arm measures worse."""
+
+import numpy as np
+import pytest
+
+from loop import choice
+from loop.choice import Gain, allocation, arm_of, measure_gains
+
+
+def test_arms_are_read_from_origins():
+    assert arm_of("strategy:margin") == "margin" and arm_of("control") == "random"
+    assert arm_of("strategy:random") == "random"
+    assert arm_of(None) is None and arm_of("holdout") is None and arm_of("strategy:nonsense") is None
+    assert arm_of("strategy") is None          # a fixed strategy's picks are no arm's
+
+
+def test_the_batch_goes_to_the_arm_measured_best_and_to_random_when_all_are_worse():
+    rng = np.random.default_rng(0)
+    better = {"margin": Gain(0.03, 0.005, 40), "hybrid": Gain(0.01, 0.005, 40), "random": Gain(0, 0, 40)}
+    shares = allocation(better, 9, rng)
+    assert shares["margin"] == 8 and sum(shares.values()) == 9
+    worse = {"margin": Gain(-0.03, 0.005, 40), "hybrid": Gain(-0.02, 0.005, 40),
+             "typiclust": Gain(-0.01, 0.005, 40), "random": Gain(0, 0, 40)}
+    assert allocation(worse, 9, rng)["random"] == 8
+    # unmeasured arms tie at 0: the preference decides; a gain measured on noise counts for little
+    assert allocation({}, 9, rng)["hybrid"] == 8
+    noisy = {"margin": Gain(0.05, 0.5, 6), "hybrid": Gain(0.004, 0.002, 60)}
+    assert allocation(noisy, 9, rng)["hybrid"] == 8
+    assert allocation(worse, 1, rng) == {"random": 1}
+
+
+def _blobs(rng, n, centers, noise=0.6):
+    y = rng.integers(0, len(centers), n)
+    return centers[y] + noise * rng.normal(size=(n, centers.shape[1])), y
+
+
+def test_gains_measure_useful_labels_above_random_and_useless_ones_below():
+    """In context: labels that carry information (correct, spread over the classes) measure above
+    random picks; labels that are wrong measure below them."""
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(4, 16)) * 2
+    X_seed, y_seed = _blobs(rng, 4, centers)
+    X_rand, y_rand = _blobs(rng, 40, centers)
+    X_good, y_good = _blobs(rng, 40, centers)
+    X_bad, y_bad = _blobs(rng, 40, centers)
+    y_bad = (y_bad + 1) % 4                     # a labeler who is always wrong
+    holdout = _blobs(rng, 400, centers)
+    X = np.r_[X_seed, X_rand, X_good, X_bad]
+    y = np.r_[y_seed, y_rand, y_good, y_bad]
+    arms = np.array([None] * 4 + ["random"] * 40 + ["margin"] * 40 + ["hybrid"] * 40, dtype=object)
+    gains = measure_gains(X, y, arms, holdout, 4, rng)
+    assert gains["hybrid"].mean < -2 * gains["hybrid"].se      # wrong labels: worth less than random
+    assert abs(gains["margin"].mean) < 3 * gains["margin"].se + 0.01   # as good as random
+    assert gains["random"] == Gain(0.0, 0.0, 40)
+    assert "typiclust" not in gains                             # no labels: not measured
+
+
+def test_too_few_random_labels_measure_nothing():
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(20, 8))
+    y = np.arange(20) % 2
+    arms = np.array(["margin"] * 17 + ["random"] * 3, dtype=object)
+    assert measure_gains(X, y, arms, (X, y), 2, rng) == {"random": Gain(0.0, 0.0, 3)}
+
+
+@pytest.mark.parametrize("strategy", ["auto", "margin"])
+def test_the_queue_tags_each_pick_with_its_arm(demo_project, strategy, monkeypatch):
+    """The default's picks carry the arm that made them (so their gain can be measured later); a
+    fixed strategy's are plain "strategy" picks; the control slice stays random."""
+    import dataclasses
+
+    from loop.queue import next_queries
+
+    project = demo_project
+    monkeypatch.setattr(project, "settings", dataclasses.replace(project.settings, strategy=strategy))
+    queries = next_queries(project, 40, rng=np.random.default_rng(0))
+    origins = {q.origin for q in queries if q.split == "pool"}
+    assert "control" in origins or len(queries) == 40
+    if strategy == "auto":
+        assert origins - {"control"} <= {choice.PREFIX + a for a in choice.ARMS} and origins - {"control"}
+    else:
+        assert origins - {"control"} == {"strategy"}
+    assert len({q.image_id for q in queries}) == len(queries)
