@@ -40,9 +40,12 @@ def next_queries(project: Project, n: int, head=None, model_version: int | None 
     audits = {r["image_id"] for r in project.store.audits(project.id)}
     unlabeled = [i for i in project.store.images(project.id)
                  if i["id"] not in labels and i["id"] not in exclude]
-    # Audits of auto-accept come first (the measured precision is what the lead waits for), but
-    # take at most a fifth of a batch, so learning goes on.
-    audit_first = [i for i in unlabeled if i["id"] in audits][:max(1, n // 5) if n > 0 else 0]
+    # Audits of auto-accept come first (nothing is accepted before a round is answered; their
+    # answers train the model like any label), but take at most half a batch, so the strategy's
+    # picks go on. In random order: a round answered in part is then still a random sample.
+    waiting = [i for i in unlabeled if i["id"] in audits]
+    waiting = [waiting[k] for k in rng.permutation(len(waiting))]
+    audit_first = waiting[:max(1, n // 2) if n > 0 else 0]
     unlabeled = [i for i in unlabeled if i["id"] not in audits]
     n -= len(audit_first)
     pool = [i for i in unlabeled if i["split"] == "pool"]

@@ -133,12 +133,14 @@ def _ask(project: Project, kind: str) -> None:
     precision = st.session_state["auto-precision"]
     preview = autoaccept.preview(project, precision, project.stored_settings().audit_share)
     if preview["threshold"] is None:
-        _note("warning", f"No threshold reaches {precision:.1%} precision on the hold-out set yet: "
-                         "nothing was labeled.")
-        if kind == "on":      # on: it starts labeling once a retrain reaches the precision
+        if preview["would_audit"]:        # nothing to label yet, but an audit to send: send it
+            _run(project, kind, precision)
+            return
+        _note("warning", "Nothing was labeled: " + autoaccept.describe_preview(preview) + ".")
+        if kind == "on":      # on: it labels once an answered audit's bound meets the promise
             project.update_settings(auto_accept_precision=precision)
-            _note("info", f"Auto-accept is on at {precision:.1%}: it labels after a retrain that "
-                          "reaches it.")
+            _note("info", f"Auto-accept is on at {precision:.1%}: it labels once people have "
+                          "answered an audit whose lower bound on precision meets it.")
         return
     if autoaccept.needs_confirmation(preview["would_accept"]):
         st.session_state[PENDING] = (kind, precision, preview["would_accept"], preview["would_audit"])
@@ -165,13 +167,19 @@ def auto_accept_panel(project: Project, state: dict) -> None:
     st.subheader("Auto-accept")
     allowed("auto_accept")
     current = state["precision"]
-    st.caption("Probabilities are calibrated by temperature scaling fitted on the training labels "
-               "(cross-validated); the threshold is the lowest one that meets the precision on the "
-               "hold-out set. A share of what it would accept goes to people as an audit.")
+    st.caption("It keeps its promise on the pool itself: a random sample of the pool images the model "
+               "is fairly sure of goes to people first, without a suggestion, as an audit. Once they "
+               "have answered all of it, the threshold is the lowest confidence at which the 95% lower "
+               "bound (Clopper-Pearson) on the audited precision meets the promise, and the images "
+               "that audit was drawn from are labeled above it; then the next audit is drawn. "
+               "Probabilities are calibrated by temperature scaling fitted on the training labels "
+               "(cross-validated).")
     if "auto-precision" not in st.session_state:
         st.session_state["auto-precision"] = float(current or 0.95)
     target = st.slider("Precision to promise", 0.80, 0.995, step=0.005, format="%.3f",
                        key="auto-precision")
+    st.caption(f"At {target:.1%} an audit needs at least {autoaccept.audits_needed(target):,} audited "
+               f"images above a threshold, all right, before anything is labeled (more if some are wrong).")
     if st.button("Preview the threshold for this precision"):
         chosen = autoaccept.preview(project, target, project.settings.audit_share)
         text = autoaccept.describe_preview(chosen)
@@ -182,6 +190,9 @@ def auto_accept_panel(project: Project, state: dict) -> None:
     if current:
         row.button("Turn off", on_click=_turn_off, args=(project,))
     row.button("Auto-accept now", on_click=_ask, args=(project, "now"))
+    spent = state["audit_round"] is None or state["audit_round"]["closed"]
+    if spent:       # no audit open: drawing one labels nothing, so it needs no confirmation
+        row.button("Send an audit to people now", on_click=_run, args=(project, "now", target))
     for kind, text in st.session_state.pop(NOTES, []):
         getattr(st, kind)(text)
     pending = st.session_state.get(PENDING)
@@ -193,11 +204,9 @@ def auto_accept_panel(project: Project, state: dict) -> None:
         answer.button(f"Yes, label {count:,} image(s) automatically at {precision:.1%}", type="primary",
                    on_click=_confirm, args=(project,))
         answer.button("Cancel", on_click=lambda: st.session_state.pop(PENDING, None))
-    audit = (f"measured precision **{state['measured_precision']:.1%}** on {state['reviewed']:,} "
-             f"reviewed image(s), promised {state['promised_precision']:.1%}." if state["reviewed"]
-             else f"{state['audits'] - state['reviewed']:,} audit image(s) waiting for people.")
     st.markdown(f"Auto-accept is **{'on at ' + format(current, '.1%') if current else 'off'}**. "
-                f"**{state['in_force']:,}** label(s) in force were auto-accepted. Audit: {audit}")
+                f"**{state['in_force']:,}** label(s) in force were auto-accepted. "
+                f"Audit: {autoaccept.describe_audit(state)}.")
     if state["in_force"]:
         st.button(f"Undo all {state['in_force']:,} auto-accepted label(s)", on_click=_undo,
                   args=(project,))
