@@ -154,7 +154,8 @@ def paired_difference(mine: list[dict], random: list[dict], metric: str) -> tupl
 def benchmark_strategies(dataset: str, strategies: list[str], repeats: int, budget: int, batch: int,
                          out: str | Path, data_dir: str | Path = "data",
                          labelers: tuple[str, ...] = ("perfect", "noisy:0.1"), log=print,
-                         auto_accept: float | None = None, metric: str = "accuracy") -> dict:
+                         auto_accept: float | None = None, metric: str = "accuracy",
+                         seed_picker: str = "random") -> dict:
     """{labeler: {strategy: figures over seeds (`summarize`) + "per_run" metrics, "curves":
     [(labels, score)], "queried_per_class"}}, plus "full_accuracy" (of `metric`: "accuracy" or
     "balanced"). With `auto_accept`, the default strategy runs once more with auto-accept at that
@@ -166,7 +167,7 @@ def benchmark_strategies(dataset: str, strategies: list[str], repeats: int, budg
     if auto_accept:
         strategies = [*strategies, "auto+accept"]
     out = Path(out)
-    results: dict = {"full_accuracy": None, "metric": metric, "budget": budget}
+    results: dict = {"full_accuracy": None, "metric": metric, "budget": budget, "seeds": seed_picker}
     fulls: list[float] = []
     for labeler in labelers:
         results[labeler] = {}
@@ -177,7 +178,8 @@ def benchmark_strategies(dataset: str, strategies: list[str], repeats: int, budg
                 accepting = name.endswith("+accept")
                 rows = replay(dataset, folder, strategy=name.removesuffix("+accept"), labeler=labeler,
                               seed_per_class=1, batch=batch, budget=budget, seed=seed, data_dir=data_dir,
-                              log=lambda *_: None, auto_accept=auto_accept if accepting else None)
+                              log=lambda *_: None, auto_accept=auto_accept if accepting else None,
+                              seed_picker=seed_picker)
                 project = Project(Store(folder / "replay" / "juicer.db"), "replay",
                                   Paths(folder / "replay", cache_dir=Paths(Path(data_dir)).cache))
                 if len(fulls) < repeats:   # the same hold-out per seed whatever the strategy
@@ -235,8 +237,10 @@ def verdicts(table: dict, name: str) -> list[str]:
 def print_table(results: dict, dataset: str, budget: int) -> None:
     full, metric = results["full_accuracy"], results.get("metric", "accuracy")
     name_of = {"accuracy": "accuracy", "balanced": "balanced accuracy"}[metric]
+    seeds = {"random": "seed images drawn at random, 1 per class",
+             "cold-start": "seed images picked by the cold-start strategy"}[results.get("seeds", "random")]
     print(f"\n{dataset}: full-data {name_of} {full:.3f} (head on every pool label); "
-          f"90% of it = {0.9 * full:.3f}, 95% = {0.95 * full:.3f}; budget {budget} labels")
+          f"90% of it = {0.9 * full:.3f}, 95% = {0.95 * full:.3f}; budget {budget} labels; {seeds}")
     print("labels to X%: the first count from which the smoothed curve "
           "stays above X% of full data (isotonic fit of the run's retrains); median over runs, a run that never got there counted as "
           f"more than the budget ('>{budget}' when the median run did not); 'reached' = runs that got there")
@@ -318,7 +322,8 @@ def write_json(results: dict, dataset: str, path: Path, command: str | None = No
     the command that made them under "_commands"."""
     existing = json.loads(path.read_text()) if path.exists() else {}
     label = dataset_label(dataset) + ("" if results.get("metric", "accuracy") == "accuracy"
-                                      else f"/{results['metric']}")
+                                      else f"/{results['metric']}") + (
+        "" if results.get("seeds", "random") == "random" else f"/seeds-{results['seeds']}")
     for labeler in labelers_of(results):
         table = results[labeler]
         entry = {name: {m: table[name][m] for m in JSON_KEYS} for name in table}

@@ -295,9 +295,21 @@ class Project:
 
     def draw_seeds(self) -> list[int]:
         """Label `seeds_per_class` random pool images per class from their folder class (labeled
-        folders only; an unlabeled project gets its first labels from people)."""
+        folders only; an unlabeled project gets its first labels from people). With the
+        `seed_picker` "cold-start", the cold-start strategy (TypiClust) picks seeds_per_class x
+        classes pool images instead, blind to their folders (what a person starting from an
+        unlabeled folder is asked first), and they are labeled from their folders."""
         rng = np.random.default_rng([self.settings.seed, 2])
         pool = [i for i in self.store.images(self.id, split="pool") if i["known_class_id"] is not None]
+        if self.settings.seed_picker == "cold-start" and pool:
+            from loop.strategies import typiclust
+
+            n = min(len(pool), self.settings.seeds_per_class * len(self.class_names))
+            X = self.embeddings_of(pool)
+            chosen = typiclust(X, np.zeros((0, X.shape[1]), np.float32), n, rng)
+            seeds = [(int(pool[k]["id"]), pool[k]["known_class_id"]) for k in chosen]
+            self.store.add_labels(self.id, seeds, annotator="folder", source="seed")
+            return [i for i, _ in seeds]
         by_class: dict[int, list[int]] = {}
         for image in pool:
             by_class.setdefault(image["known_class_id"], []).append(image["id"])

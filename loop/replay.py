@@ -101,11 +101,14 @@ def replay(dataset: str, out: str | Path, strategy: str = "auto", labeler: str =
            seed_per_class: int = 1, batch: int = 10, budget: int = 100, seed: int = 0,
            data_dir: str | Path = "data", backbone: str | None = None,
            holdout_size: int = 500, log=print, on_progress=None,
-           auto_accept: float | None = None) -> list[dict]:
+           auto_accept: float | None = None, seed_picker: str = "random") -> list[dict]:
     """Run the loop until `budget` simulated labels (beyond the seeds) are spent; returns the
-    curve rows and writes `out`/curve.csv and `out`/curve.png."""
+    curve rows and writes `out`/curve.csv and `out`/curve.png. `seed_picker` "cold-start" lets the
+    cold-start strategy pick the seed images (see `Project.draw_seeds`) instead of drawing them
+    at random per class."""
     simulated = parse_labeler(labeler)
-    settings = Settings(seeds_per_class=seed_per_class, strategy=strategy, batch_size=batch,
+    settings = Settings(seeds_per_class=seed_per_class, seed_picker=seed_picker,
+                        strategy=strategy, batch_size=batch,
                         seed=seed, holdout_size=holdout_size, auto_accept_precision=auto_accept,
                         **({"backbone": backbone} if backbone else {}))
     out = Path(out)

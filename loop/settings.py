@@ -26,16 +26,23 @@ class HeadSettings:
     warm_steps: int = 100
 
 
+SEED_PICKERS = ("random", "cold-start")
+
+
 @dataclass(frozen=True)
 class Settings:
     backbone: str = DEFAULT_BACKBONE
     seeds_per_class: int = 1          # labels per class to start from (1 to 3)
+    seed_picker: str = "random"       # labeled folders: seeds drawn at random per class, or
+                                      # "cold-start": the cold-start strategy (TypiClust) picks
+                                      # seeds_per_class x classes images, as for an unlabeled folder
     holdout_fraction: float = 0.2     # share of images kept out for scoring ...
     holdout_size: int = 500           # ... but never more than this many
-    strategy: str = "auto"            # see loop.strategies; auto: cold start, then hybrid
+    strategy: str = "auto"            # see loop.strategies; auto: learned per project (loop.choice)
     control_share: float = 0.1        # share of queries drawn at random and marked, as a control
     auto_accept_precision: float | None = None   # auto-accept after each retrain at this precision
-    audit_share: float = 0.1          # share of would-be auto-accepted images sent to people
+    audit_share: float = 0.1          # share of an audit round's candidates sent to people (kept
+                                      # between 2 and 4 times the audits the promise needs)
     batch_size: int = 10              # labels per batch (one retrain each)
     holdout_every: int = 3            # while hold-out images lack labels, every Nth query is one
     seed: int = 0
@@ -53,6 +60,9 @@ class Settings:
             raise ValueError(f"unknown backbone '{self.backbone}'; known: {', '.join(BACKBONES)}")
         if not 1 <= self.seeds_per_class <= 3:
             raise ValueError(f"seeds_per_class must be 1, 2 or 3, got {self.seeds_per_class}")
+        if self.seed_picker not in SEED_PICKERS:
+            raise ValueError(f"seed_picker must be one of {', '.join(SEED_PICKERS)}, got "
+                             f"'{self.seed_picker}'")
         if not 0 <= self.control_share < 1:
             raise ValueError(f"control_share must lie in [0, 1), got {self.control_share}")
         if not 0 < self.holdout_fraction < 1:
@@ -101,6 +111,7 @@ class Settings:
 FIXED_AT_CREATION = {
     "backbone": "the images are embedded with it; create a new project for another backbone",
     "seeds_per_class": "the seed labels were drawn when the project was created",
+    "seed_picker": "the seed labels were drawn when the project was created",
     "holdout_fraction": "the hold-out set was drawn when the project was created",
     "holdout_size": "the hold-out set was drawn when the project was created",
 }
