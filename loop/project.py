@@ -300,7 +300,11 @@ class Project:
         classes pool images instead, blind to their folders (what a person starting from an
         unlabeled folder is asked first), and they are labeled from their folders."""
         rng = np.random.default_rng([self.settings.seed, 2])
-        pool = [i for i in self.store.images(self.id, split="pool") if i["known_class_id"] is not None]
+        images = self.store.images(self.id)
+        # An image whose copies sit in different class folders has no one truth: never a seed.
+        ambiguous = {h for h, group in copy_groups(images).items() if len(known_classes(group)) > 1}
+        pool = [i for i in images if i["split"] == "pool" and i["known_class_id"] is not None
+                and i["hash"] not in ambiguous]
         if self.settings.seed_picker == "cold-start" and pool:
             from loop.strategies import typiclust
 

@@ -83,6 +83,12 @@ def file_lists(status: dict) -> None:
                          "group(s))"):
             st.dataframe(pd.DataFrame({"copies of one image": [" = ".join(g) for g in status["duplicates"]]}),
                          hide_index=True)
+    if status.get("conflicts"):
+        st.warning(f"{len(status['conflicts']):,} image(s) have byte-for-byte copies in different "
+                   "class folders: their truth is ambiguous, so they are kept out of the hold-out. "
+                   "Check the folders.")
+        st.dataframe(pd.DataFrame({"copies, with their folders' classes": status["conflicts"]}),
+                     hide_index=True)
 
 
 # What a lead may change from the browser, with the words shown beside each.

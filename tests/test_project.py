@@ -274,6 +274,10 @@ def test_copies_in_two_class_folders_are_reported_and_kept_out_of_the_holdout(
             seed=seed, holdout_fraction=0.9, seeds_per_class=1))
         holdout = {i["path"] for i in project.store.images(project.id, split="holdout")}
         assert holdout and not holdout & conflicted
+        path_of = {i["id"]: i["path"] for i in project.store.images(project.id)}
+        seeds = {path_of[e["image_id"]] for e in project.store.label_events(project.id)
+                 if e["source"] == "seed"}
+        assert seeds and not seeds & conflicted                       # nor a seed
     status = project.status()
     assert len(status["conflicts"]) == 2 and len(status["duplicates"]) == 2
     cat_cow = next(line for line in status["conflicts"] if "not-a-cow" in line)
