@@ -7,14 +7,22 @@ baselines; the priors are learned on LCDB datasets kept apart from the ones scor
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import csv
 import dataclasses
 import importlib.util
 import json
+import os
+import pickle
+import sys
+import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -63,10 +71,11 @@ def lcdb_curves() -> tuple[list[Curve], str]:
         raise ValueError("the Learning Curve Database needs the PyPI package 'lcdb' "
                          "(pip install lcdb==0.1.0)")
     folder = Path(next(iter(spec.submodule_search_locations)))
-    table = pd.read_csv(folder / "database-accuracy.csv",
-                        usecols=["openmlid", "learner", "size_train", "outer_seed", "inner_seed",
-                                 "score_valid"])
-    table = table[(table.outer_seed == 0) & (table.inner_seed == 0)].sort_values(
+    # Read in chunks, keeping seed 0's rows only: read whole, the table took 270 MB more.
+    chunks = pd.read_csv(folder / "database-accuracy.csv", chunksize=500_000,
+                         usecols=["openmlid", "learner", "size_train", "outer_seed", "inner_seed",
+                                  "score_valid"])
+    table = pd.concat([c[(c.outer_seed == 0) & (c.inner_seed == 0)] for c in chunks]).sort_values(
         ["openmlid", "learner", "size_train"])
     classes = pd.read_csv(folder / "datasets.csv", usecols=["openmlid", "NumberOfClasses"]
                           ).set_index("openmlid")["NumberOfClasses"].to_dict()
@@ -263,41 +272,95 @@ def _at(curve: Curve, n: float) -> int | None:
     return i if distance[i] <= 0.25 else None
 
 
-def truncated_fits(curves: list[Curve], n0s=N0S, priors: Priors | None = None,
-                   n_boot: int = 100) -> list[Truncated]:
-    """Fit the forecaster on each curve's points up to each N0 (where there are 3 or more), with
+def _seen(curve: Curve, n0: float) -> np.ndarray | None:
+    """The points seen by N0 (a mask), or None where a fit there is not tried: fewer than 3
+    labeled counts by then, or no point near N0."""
+    keep = curve.labels <= n0 * (1 + 1e-9)
+    if len(np.unique(curve.labels[keep])) < 3 or _at(curve, n0) is None:
+        return None
+    return keep
+
+
+def curve_fits(curve: Curve, n0s=N0S, priors: Priors | None = None,
+               n_boot: int = 100) -> list[Truncated]:
+    """Fit the forecaster on the curve's points up to each N0 (where there are 3 or more), with
     the fit settings of `priors` (default: the code's, not the shipped file's, so that the LCDB
     backtest and learned priors never depend on priors learned earlier)."""
     priors = Priors() if priors is None else priors
     out = []
-    for curve in curves:
-        for n0 in n0s:
-            keep = curve.labels <= n0 * (1 + 1e-9)
-            if len(np.unique(curve.labels[keep])) < 3 or _at(curve, n0) is None:
-                continue
-            correct = curve.correct[keep] if curve.correct is not None else None
-            try:
-                f = LearningCurveForecaster(curve.n_classes, curve.holdout_size, n_boot=n_boot,
-                                            priors=priors).fit(curve.labels[keep], curve.accuracy[keep],
-                                                               correct)
-            except ValueError:
-                continue
-            out.append(Truncated(curve, n0, curve.labels[keep], curve.accuracy[keep], f))
+    for n0 in n0s:
+        keep = _seen(curve, n0)
+        if keep is None:
+            continue
+        correct = curve.correct[keep] if curve.correct is not None else None
+        try:
+            f = LearningCurveForecaster(curve.n_classes, curve.holdout_size, n_boot=n_boot,
+                                        priors=priors).fit(curve.labels[keep], curve.accuracy[keep],
+                                                           correct)
+        except ValueError:
+            continue
+        out.append(Truncated(curve, n0, curve.labels[keep], curve.accuracy[keep], f))
     return out
 
 
-def learn_priors(fits: list[Truncated], source: str = "LCDB") -> Priors:
+def truncated_fits(curves: list[Curve], n0s=N0S, priors: Priors | None = None,
+                   n_boot: int = 100) -> list[Truncated]:
+    """`curve_fits` of every curve, in one list (held in memory: about 0.75 MB a fit)."""
+    return [t for curve in curves for t in curve_fits(curve, n0s, priors, n_boot)]
+
+
+def scorable(curve: Curve, n0: float, horizons=HORIZONS) -> bool:
+    """Whether the backtest can score the curve from N0: a fit is tried there and the curve has
+    a later point near one of the horizons (without fitting anything)."""
+    keep = _seen(curve, n0)
+    return keep is not None and any(
+        True for _ in horizon_points(Truncated(curve, n0, curve.labels[keep], curve.accuracy[keep],
+                                               None), horizons))
+
+
+def unscored_reasons(curves: list[Curve], n0s, horizons=HORIZONS) -> tuple[list[str], str | None]:
+    """(a line per N0 no curve can be scored from, the reason nothing can be scored or None).
+    A curve is scored from N0 when it has 3+ points up to N0, one near N0 (within a quarter
+    doubling) and a later one near 2x, 4x or 8x N0."""
+    if not curves:
+        return [], "there are no curves to score"
+    longest = max(float(c.labels.max()) for c in curves)
+    missing = [n0 for n0 in n0s if not any(scorable(c, n0, horizons) for c in curves)]
+    rule = (f"a curve is scored from N0 when it has 3+ points up to N0, one near N0 and a later "
+            f"one near {', '.join(f'{h}x' for h in horizons[:-1])} or {horizons[-1]}x N0")
+    lines = [f"N0={n0}: no curve is scored from here ({rule}; the longest reaches {longest:,g} "
+             f"labels)" for n0 in missing]
+    if len(missing) < len(n0s):
+        return lines, None
+    # Powers of two the curves can be scored from, the largest first: a starting point to try.
+    candidates = [2 ** k for k in range(int(np.log2(max(longest, 1))), 1, -1)
+                  if any(scorable(c, 2 ** k, horizons) for c in curves)][:3]
+    fix = (f"; try --n0 {' '.join(map(str, sorted(candidates)))}" if candidates else
+           "; these curves are too short for any N0: replay with a larger --budget")
+    start = "N0=" + (str(n0s[0]) if len(n0s) == 1 else f"{', '.join(map(str, n0s[:-1]))} or {n0s[-1]}")
+    return lines, (f"no curve has points beyond {start} to score ({rule}): the longest reaches "
+                   f"{longest:,g} labels{fix}")
+
+
+def learn_priors(fits: Iterable[Truncated], source: str = "LCDB") -> Priors:
     """Stacking weights and interval calibration at each horizon ratio of the priors, from
-    forecasters fitted to truncated curves and the points that came later on those curves."""
+    forecasters fitted to truncated curves and the points that came later on those curves.
+    `fits` is a list or anything else with a length that can be iterated more than once (such as
+    SpilledFits); it is read three times, in the same order each time."""
     if len(fits) < 50:
         raise ValueError(f"learning priors needs at least 50 truncated curves, got {len(fits)}")
-    base = fits[0].forecaster.priors
-    ratios = np.array(base.ratios)
-    truths = np.array([[np.nan if i is None else t.curve.accuracy[i]
-                        for i in (_at(t.curve, r * t.forecaster.n_max_) for r in ratios)] for t in fits])
-    chances = np.array([t.forecaster.chance_ for t in fits])
-    values = np.stack([t.forecaster.family_values(t.forecaster.n_max_ * np.r_[1.0, ratios])[0]
-                       for t in fits])                           # (fits, families, 1 + ratios)
+    base, truths, chances, values, datasets_of = None, [], [], [], []
+    for t in fits:
+        if base is None:
+            base = t.forecaster.priors
+            ratios = np.array(base.ratios)
+        truths.append([np.nan if i is None else t.curve.accuracy[i]
+                       for i in (_at(t.curve, r * t.forecaster.n_max_) for r in ratios)])
+        chances.append(t.forecaster.chance_)
+        values.append(t.forecaster.family_values(t.forecaster.n_max_ * np.r_[1.0, ratios])[0])
+        datasets_of.append(t.curve.dataset)
+    truths, chances = np.array(truths), np.array(chances)
+    values = np.stack(values)                                    # (fits, families, 1 + ratios)
     level = values[:, :, 0].mean(1)
 
     def stack(rows: np.ndarray) -> tuple:
@@ -316,9 +379,9 @@ def learn_priors(fits: list[Truncated], source: str = "LCDB") -> Priors:
 
     # The interval is calibrated on residuals out of sample for the weights (cross-fitted over
     # two folds of datasets), so the weights' fit to these very curves does not narrow it.
-    datasets = sorted({t.curve.dataset for t in fits})
+    datasets = sorted(set(datasets_of))
     fold_of = dict(zip(datasets, np.random.default_rng(1).permutation(len(datasets)) % 2))
-    fold = np.array([fold_of[t.curve.dataset] for t in fits])
+    fold = np.array([fold_of[d] for d in datasets_of])
     by_fold = {f: stack(fold != f) for f in (0, 1)}
     center, spread = np.empty(truths.shape), np.empty(truths.shape)
     for i, t in enumerate(fits):
@@ -348,7 +411,7 @@ LABELS_SHIFTS = np.linspace(0, 1, 9)
 LABELS_FAMILIES = ("pow2",)
 
 
-def learn_labels_shift(fits: list[Truncated], priors: Priors, horizons=HORIZONS,
+def learn_labels_shift(fits: Iterable[Truncated], priors: Priors, horizons=HORIZONS,
                        max_false_unreachable: float = 0.1) -> tuple[str, float]:
     """The error power law family and the shift towards it (Priors.labels_family, labels_shift)
     whose labels-needed forecasts fell within 2x of the truth most often on these curves, among
@@ -409,7 +472,7 @@ def smoothed(curve: Curve) -> np.ndarray:
     return isotonic(curve.accuracy, curve.holdout_size / (p * (1 - p)))
 
 
-def backtest(scored: list[tuple[list[Truncated], Priors]], horizons=HORIZONS) -> dict:
+def backtest(scored: Iterable[tuple[Iterable[Truncated], Priors]], horizons=HORIZONS) -> dict:
     """Per (N0, horizon) and model: errors, interval hits and widths at the measured accuracy, and
     labels-needed outcomes against the smoothed curve. Each group of fits is recalibrated with the
     priors beside it (learned elsewhere)."""
@@ -503,31 +566,227 @@ def print_report(results: dict, lines: list[str], log=print) -> None:
                          if "labels_coverage80" in models["forecaster"]))
 
 
+# -- fits kept on disk between passes, progress ------------------------------------------------
+
+def _packed(t: Truncated) -> Truncated:
+    """`t` with its forecaster's grid-row parameters stored sparsely where most are zero (the
+    families without an average put all weight on one grid row); `_unpacked` restores them
+    exactly."""
+    f = copy.copy(t.forecaster)
+    f.params_ = {name: (c, _pack(a)) for name, (c, a) in f.params_.items()}
+    return dataclasses.replace(t, forecaster=f)
+
+
+def _unpacked(t: Truncated) -> Truncated:
+    t.forecaster.params_ = {name: (c, _unpack(a)) for name, (c, a) in t.forecaster.params_.items()}
+    return t
+
+
+def _pack(a: np.ndarray):
+    nonzero = np.flatnonzero(a)
+    return a if 2 * len(nonzero) >= a.size else (a.shape, nonzero.astype(np.int32), a.flat[nonzero])
+
+
+def _unpack(packed) -> np.ndarray:
+    if isinstance(packed, np.ndarray):
+        return packed
+    shape, nonzero, values = packed
+    a = np.zeros(shape, dtype=values.dtype)
+    a.flat[nonzero] = values
+    return a
+
+
+class SpilledFits:
+    """Truncated fits written to an anonymous temporary file as they are made, one record per
+    curve, and read back one curve at a time, in the order added, as often as needed. The LCDB
+    backtest makes about 10,000 fits of 0.75 MB each (the bootstrap replicates' parameters) and
+    reads each four times; kept in lists they held 11.8 GB. On disk a fit takes about 0.43 MB
+    (all of LCDB: 4.3 GB, in the temporary folder, $TMPDIR or /tmp, gone when the run ends).
+
+    >>> with SpilledFits() as fits:
+    ...     fits.add([]); (len(fits), fits.curves, list(fits))
+    (0, 1, [])
+    """
+
+    def __init__(self, folder: str | Path | None = None):
+        # Unlinked at once: closed by close() or the context, or freed when the process ends.
+        self._file = tempfile.TemporaryFile(prefix="juicer-backtest-", dir=folder)  # noqa: SIM115
+        self._records: list[tuple[int, int]] = []        # (offset, size) of each curve's fits
+        self._fits = 0
+
+    def add(self, fits: list[Truncated]) -> None:
+        data = pickle.dumps([_packed(t) for t in fits], protocol=pickle.HIGHEST_PROTOCOL)
+        self._records.append((self._file.seek(0, os.SEEK_END), len(data)))
+        self._file.write(data)
+        self._fits += len(fits)
+
+    def groups(self) -> Iterator[list[Truncated]]:
+        """Each curve's fits (a list, maybe empty), in the order they were added."""
+        for offset, size in self._records:
+            self._file.seek(offset)           # every read seeks: passes may interleave
+            yield [_unpacked(t) for t in pickle.loads(self._file.read(size))]
+
+    def __iter__(self) -> Iterator[Truncated]:
+        for group in self.groups():
+            yield from group
+
+    def __len__(self) -> int:
+        return self._fits
+
+    @property
+    def curves(self) -> int:
+        return len(self._records)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(size for _, size in self._records)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _duration(seconds: float) -> str:
+    """
+    >>> _duration(42.4), _duration(185), _duration(7300)
+    ('42 s', '3 min 05 s', '2 h 01 min')
+    """
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+# What one curve costs in each pass, relative to fitting it (measured on 200 LCDB curves): the
+# estimate of the time left weighs the work done and to do by these.
+FIT_COST = 1.0
+PRIOR_PASSES = (("the points' values", 0.02), ("calibrating", 0.5), ("labels shift", 0.5))
+SCORE_COST = 0.5
+
+
+class Progress:
+    """A line every `every` seconds while the backtest works (to stderr unless `log` is given):
+    the pass, its curves done of its total, the time elapsed, and the time left for the whole
+    run, estimated from the work done so far (`total`, in units of FIT_COST per curve)."""
+
+    def __init__(self, total: float, log: Callable[[str], None] | None = None, every: float = 10.0):
+        self.total, self.done, self.every = float(total), 0.0, every
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.started = self._last = time.perf_counter()
+
+    def over(self, items: Iterable, what: str, count: int, cost: float = FIT_COST) -> Iterator:
+        """`items` (`count` curves, or their fits' groups) with a line now and then."""
+        for done, item in enumerate(items, 1):
+            yield item                       # the caller's work on it happens here
+            self.done += cost
+            now = time.perf_counter()
+            if now - self._last >= self.every:
+                self._last = now
+                elapsed = now - self.started
+                left = elapsed * max(self.total - self.done, 0.0) / max(self.done, 1e-9)
+                self.log(f"backtest-forecast: {what}: {done:,}/{count:,} curves "
+                         f"({min(self.done / self.total, 1):.0%} of the work), {_duration(elapsed)} "
+                         f"elapsed, about {_duration(left)} left")
+
+    def passes(self, fits: SpilledFits, what: str, steps) -> _Passes:
+        """`fits` to hand to a function that reads them once per step of `steps` ((name, cost),
+        in the order it reads them)."""
+        return _Passes(fits, self, what, iter(steps))
+
+
+@dataclass
+class _Passes:
+    fits: SpilledFits
+    progress: Progress
+    what: str
+    steps: Iterator[tuple[str, float]]
+
+    def __len__(self) -> int:
+        return len(self.fits)
+
+    def __iter__(self) -> Iterator[Truncated]:
+        step, cost = next(self.steps, ("reading again", 0.0))
+        for group in self.progress.over(self.fits.groups(),
+                                        f"{self.what}, {step}" if step else self.what,
+                                        self.fits.curves, cost):
+            yield from group
+
+
+def one_blas_thread():
+    """A context in which numpy's matrix products use one thread. The forecaster's are small
+    (101 x 160 by 160 x 480): on 2 cores busy with other work, OpenBLAS's threads waited on each
+    other and one took 22 ms instead of 1.2 ms; the products' results are the same."""
+    try:
+        from threadpoolctl import threadpool_limits  # comes with scikit-learn
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _starting_points(n0s) -> tuple[int, ...]:
+    n0s = tuple(sorted({int(n) for n in n0s}))
+    if not n0s:
+        raise ValueError("give one or more starting points N0 (--n0 64 128 256)")
+    if n0s[0] < 1:
+        raise ValueError(f"a starting point N0 is a labeled count of 1 or more, got {n0s[0]}")
+    return n0s
+
+
 def run(source: str, as_json: bool = False, max_curves: int | None = 1600, n_boot: int = 100,
-        holdout_size: int | None = None, n_classes: int | None = None, log=print) -> dict:
+        holdout_size: int | None = None, n_classes: int | None = None, n0s=N0S, log=print,
+        progress: Callable[[str], None] | None = None) -> dict:
     """The `backtest-forecast` command. LCDB: the datasets fall in two halves; priors learned on
     one half score the other, and the other way round (every curve scored by priors that never saw
-    its dataset). A folder of replays: scored with the shipped priors (learned on LCDB)."""
+    its dataset). A folder of replays: scored with the shipped priors (learned on LCDB). `n0s`:
+    the starting points (labeled counts) each curve is fitted up to, for the priors learned and
+    the scores. The fits wait on disk between passes (SpilledFits); `progress` gets a line now and
+    then (default: stderr). A ValueError says why when no curve can be scored from any N0."""
     started = time.perf_counter()
+    n0s = _starting_points(n0s)
     lines = []
-    if source == "lcdb":
-        curves, note = lcdb_curves()
-        kept = subsample(curves, max_curves)
-        halves = split_datasets(kept)
-        lines.append(f"{note}: {len(curves)} curves of {len({c.dataset for c in curves})} datasets"
-                     + (f", {len(kept)} of them drawn at random (fixed seed) to keep this quick"
-                        if len(kept) < len(curves) else ""))
-        fits = [truncated_fits(half, n_boot=n_boot) for half in halves]
-        priors = [learn_priors(half) for half in fits]
-        scored = [(fits[1], priors[0]), (fits[0], priors[1])]
-        lines.append(f"two halves by dataset ({len({c.dataset for c in halves[0]})} and "
-                     f"{len({c.dataset for c in halves[1]})} datasets): priors learned on one half "
-                     f"score the other, both ways")
-    else:
-        kept, note = replay_curves(source, holdout_size, n_classes)
-        scored = [(truncated_fits(kept, priors=DEFAULT_PRIORS, n_boot=n_boot), DEFAULT_PRIORS)]
-        lines.append(f"{note}; shipped priors, learned on {DEFAULT_PRIORS.learned_on}")
-    results = backtest(scored)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(one_blas_thread())
+        if source == "lcdb":
+            curves, note = lcdb_curves()
+            kept = subsample(curves, max_curves)
+            halves = split_datasets(kept)
+            lines.append(f"{note}: {len(curves)} curves of {len({c.dataset for c in curves})} datasets"
+                         + (f", {len(kept)} of them drawn at random (fixed seed) to keep this quick"
+                            if len(kept) < len(curves) else ""))
+            lines.append(f"two halves by dataset ({len({c.dataset for c in halves[0]})} and "
+                         f"{len({c.dataset for c in halves[1]})} datasets): priors learned on one "
+                         f"half score the other, both ways")
+            lines += _scorable_or_raise(kept, n0s)
+            cost = FIT_COST + sum(c for _, c in PRIOR_PASSES) + SCORE_COST
+            track = Progress(cost * len(kept), progress)
+            fits = [stack.enter_context(SpilledFits()) for _ in halves]
+            for i, (half, spilled) in enumerate(zip(halves, fits)):
+                for curve in track.over(half, f"half {i + 1} of 2, fitting", len(half)):
+                    spilled.add(curve_fits(curve, n0s, n_boot=n_boot))
+            priors = [learn_priors(track.passes(spilled, f"half {i + 1} of 2, learning priors",
+                                                PRIOR_PASSES))
+                      for i, spilled in enumerate(fits)]
+            scored = [(track.passes(fits[1], "half 2 of 2, scoring with half 1's priors",
+                                    [("", SCORE_COST)]), priors[0]),
+                      (track.passes(fits[0], "half 1 of 2, scoring with half 2's priors",
+                                    [("", SCORE_COST)]), priors[1])]
+        else:
+            kept, note = replay_curves(source, holdout_size, n_classes)
+            lines.append(f"{note}; shipped priors, learned on {DEFAULT_PRIORS.learned_on}")
+            lines += _scorable_or_raise(kept, n0s)
+            track = Progress((FIT_COST + SCORE_COST) * len(kept), progress)
+            fits = stack.enter_context(SpilledFits())
+            for curve in track.over(kept, "fitting", len(kept)):
+                fits.add(curve_fits(curve, n0s, priors=DEFAULT_PRIORS, n_boot=n_boot))
+            scored = [(track.passes(fits, "scoring", [("", SCORE_COST)]), DEFAULT_PRIORS)]
+        results = backtest(scored)
     lines.append(f"truth: the measured accuracy at the horizon; flat: the last accuracy, interval "
                  f"+-{Z80:.2f} binomial sd; power_unbounded: a*n^b least squares, interval from its "
                  "covariance")
@@ -541,13 +800,27 @@ def run(source: str, as_json: bool = False, max_curves: int | None = 1600, n_boo
     return results
 
 
+def _scorable_or_raise(curves: list[Curve], n0s) -> list[str]:
+    """Lines naming the N0s no curve can be scored from; a ValueError saying why (and which N0 to
+    try) when that is all of them, before any fitting."""
+    lines, nothing = unscored_reasons(curves, n0s)
+    if nothing:
+        raise ValueError(nothing)
+    return lines
+
+
 def learn_shipped_priors(path: str | Path = PRIORS_FILE, max_curves: int | None = None,
                          n_boot: int = 100, log=print) -> Priors:
     """Learn priors on every LCDB curve and save them where DEFAULT_PRIORS is read from (the
     backtest itself only ever scores a curve with priors learned on the other half of the
     datasets, so this does not change its figures)."""
     curves, note = lcdb_curves()
-    priors = learn_priors(truncated_fits(subsample(curves, max_curves), n_boot=n_boot))
+    kept = subsample(curves, max_curves)
+    track = Progress((FIT_COST + sum(c for _, c in PRIOR_PASSES)) * len(kept))
+    with one_blas_thread(), SpilledFits() as fits:
+        for curve in track.over(kept, "fitting", len(kept)):
+            fits.add(curve_fits(curve, n_boot=n_boot))
+        priors = learn_priors(track.passes(fits, "learning priors", PRIOR_PASSES))
     save_priors(priors, path)
     log(f"{note}; priors learned on {priors.learned_on}, written to {path}")
     return priors

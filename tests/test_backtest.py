@@ -6,6 +6,7 @@ import csv
 import doctest
 import importlib.util
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -37,6 +38,7 @@ from loop.backtest import (
     subsample,
     summarize,
     truncated_fits,
+    unscored_reasons,
 )
 from loop.forecast import DEFAULT_PRIORS, FAR, Z80, Priors
 
@@ -374,6 +376,98 @@ def test_backtest_command_on_a_folder_of_replays(tmp_path):
     table = []
     run(str(tmp_path), n_boot=20, holdout_size=400, n_classes=10, log=table.append)
     assert any(line.split()[:3] == ["64", "2x", "forecaster"] for line in table)
+
+
+SHORT_LABELS = np.array([4, 6, 8, 11, 16, 23, 32, 45, 60])     # replays that stopped at 60 labels
+
+
+def test_curves_too_short_for_every_n0_say_why_and_which_n0_to_try(tmp_path):
+    rng = np.random.default_rng(4)
+    for i in range(2):
+        write_curve(tmp_path / f"run-{i}", SHORT_LABELS,
+                    rng.binomial(400, 0.92 - 0.9 * SHORT_LABELS ** -0.5) / 400)
+    with pytest.raises(ValueError) as error:
+        run(str(tmp_path), n_boot=10, holdout_size=400, n_classes=10, log=lambda line: None)
+    message = str(error.value)
+    assert message.startswith("no curve has points beyond N0=64, 128 or 256 to score")
+    assert "the longest reaches 60 labels; try --n0 8 16 32" in message
+    # The N0s suggested are scored; one N0 of two too far is named above the table.
+    lines = []
+    results = run(str(tmp_path), n_boot=10, holdout_size=400, n_classes=10, n0s=(16, 64),
+                  log=lines.append)
+    assert list(results) == ["n0_16_h2", "n0_16_h4"]            # 8x 16 = 128: beyond these curves
+    assert results["n0_16_h2"]["forecaster"]["n"] == 2
+    assert any(line.startswith("N0=64: no curve is scored from here") and "reaches 60 labels" in line
+               for line in lines)
+    assert any(line.split()[:3] == ["16", "2x", "forecaster"] for line in lines)
+    with pytest.raises(ValueError, match="a starting point N0 is a labeled count of 1 or more, got 0"):
+        run(str(tmp_path), holdout_size=400, n_classes=10, n0s=(0, 16))
+
+
+def test_unscored_reasons_on_hand_made_curves():
+    curve = Curve("c", "d", SHORT_LABELS.astype(float), np.linspace(0.3, 0.8, 9), 400, 10)
+    assert unscored_reasons([curve], (16, 32)) == ([], None)
+    lines, nothing = unscored_reasons([curve], (64,))
+    assert len(lines) == 1 and lines[0].startswith("N0=64: no curve is scored from here")
+    assert nothing.endswith("the longest reaches 60 labels; try --n0 8 16 32")
+    # Too few points for any N0: nothing to try but longer curves.
+    stub = Curve("s", "d", np.array([10.0, 20.0]), np.array([0.5, 0.6]), 400, 10)
+    assert "too short for any N0: replay with a larger --budget" in unscored_reasons([stub], N0S)[1]
+    assert unscored_reasons([], N0S) == ([], "there are no curves to score")
+
+
+def test_command_line_n0_and_the_reason_for_an_empty_table(tmp_path, capsys):
+    from loop.__main__ import main
+
+    rng = np.random.default_rng(5)
+    write_curve(tmp_path / "run", SHORT_LABELS, rng.binomial(400, 0.92 - 0.9 * SHORT_LABELS ** -0.5) / 400)
+    common = ["backtest-forecast", "--source", str(tmp_path), "--holdout-size", "400", "--classes", "10",
+              "--n-boot", "10"]
+    assert main(common) == 2
+    assert "the longest reaches 60 labels; try --n0 8 16 32" in capsys.readouterr().err
+    assert main(common + ["--n0", "8", "16", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert set(json.loads(out.strip().splitlines()[-1])) == {"n0_8_h2", "n0_8_h4", "n0_8_h8",
+                                                            "n0_16_h2", "n0_16_h4"}
+    assert any(line.split()[:3] == ["8", "2x", "forecaster"] for line in out.splitlines())
+    assert main(["backtest-forecast", "--source", "lcdb", "--learn", "--n0", "32"]) == 2
+    assert "leave out --n0" in capsys.readouterr().err
+
+
+def test_spilled_fits_read_back_the_same_fits_in_order(fits):
+    from loop.backtest import SpilledFits
+
+    groups = [fits[:3], [], fits[3:5]]
+    with SpilledFits() as spilled:
+        for group in groups:
+            spilled.add(group)
+        assert (len(spilled), spilled.curves) == (5, 3)
+        for _ in range(2):                                   # as often as needed
+            back = list(spilled)
+            assert [(t.curve.name, t.n0) for t in back] == [(t.curve.name, t.n0) for t in fits[:5]]
+            for t, u in zip(fits[:5], back):
+                assert t.forecaster.params_.keys() == u.forecaster.params_.keys()
+                for name, (c, a) in t.forecaster.params_.items():
+                    assert np.array_equal(c, u.forecaster.params_[name][0])
+                    assert np.array_equal(a, u.forecaster.params_[name][1])
+                assert np.array_equal(t.forecaster.predict(LABELS)[1], u.forecaster.predict(LABELS)[1])
+        # Most grid weights are one-hot: stored sparsely, a fit takes about half the space.
+        assert spilled.nbytes < 0.7 * len(pickle.dumps(fits[:5]))
+    # learn_priors reads its fits three times: from disk, the same priors as from a list.
+    with SpilledFits() as spilled:
+        for t in fits:
+            spilled.add([t])
+        assert learn_priors(spilled) == learn_priors(fits)
+
+
+def test_progress_lines_say_the_pass_curves_elapsed_and_time_left():
+    from loop.backtest import Progress
+
+    lines = []
+    progress = Progress(total=4, log=lines.append, every=0.0)
+    assert list(progress.over(["a", "b"], "half 1 of 2, fitting", 2)) == ["a", "b"]
+    assert lines[-1].startswith("backtest-forecast: half 1 of 2, fitting: 2/2 curves (50% of the work), ")
+    assert "elapsed, about" in lines[-1] and lines[-1].endswith("left")
 
 
 # -- the Learning Curve Database --------------------------------------------------------------------

@@ -269,3 +269,36 @@ def test_command_line_creates_a_dataset_project(tmp_path, shared_cache, capsys, 
     out = capsys.readouterr().out
     assert code == 0, out
     assert json.loads(out.strip().splitlines()[-1])["pool_size"] == 1600
+
+
+def test_command_line_takes_a_labeled_folder(tmp_path, shared_cache, capsys, monkeypatch):
+    """`--dataset DIR`, as `replay` takes it: a folder with one sub-folder per class becomes a
+    project of the data folder, made once and reopened (demo images: their embeddings are cached)."""
+    import shutil
+
+    from loop.datasets import resolve
+    from loop.store import Store
+
+    demo = resolve("demo", SHARED_DATA)
+    folder = tmp_path / "my animals"
+    for name in ("Bear", "Bird", "Cat"):
+        (folder / name).mkdir(parents=True)
+        for path in sorted((demo / name).iterdir())[:30]:
+            shutil.copy(path, folder / name / path.name)
+    monkeypatch.setenv("JUICER_CACHE", str(shared_cache))
+    root = tmp_path / "data"
+    command = ["study", "--data", str(root), "--dataset", str(folder), "--fractions", "auto",
+               "--repeats", "2", "--repeats-full", "1", "--json"]
+    assert main(command) == 0
+    out = capsys.readouterr().out
+    assert "study of 'my_animals'" in out and "classes from their folders" in out and "3 classes" in out
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert figures["pool_size"] == 72                       # 90 images, 18 of them the hold-out
+    assert main(command) == 0 and "study of 'my_animals'" in capsys.readouterr().out
+    assert [p["name"] for p in Store(root / "juicer.db").projects()] == ["my_animals"]
+
+
+def test_command_line_names_a_missing_folder(tmp_path, capsys):
+    assert main(["study", "--data", str(tmp_path / "empty"), "--dataset", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "is neither a project" in err and "nor a folder with one sub-folder per class" in err
