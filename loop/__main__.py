@@ -82,6 +82,7 @@ def _open(args):
 def _print_status(status: dict) -> None:
     skipped = status.pop("skipped")
     duplicates = status.pop("duplicates")
+    conflicts = status.pop("conflicts", [])
     for key, value in status.items():
         print(f"{key:>16}: {', '.join(value) if isinstance(value, list) else value}")
     if skipped:
@@ -93,6 +94,11 @@ def _print_status(status: dict) -> None:
               f"({len(duplicates)} group(s); kept, each group in one split)")
         for group in duplicates:
             print(f"{'':>18}{' = '.join(group)}")
+    if conflicts:
+        print(f"{'conflicts':>16}: {len(conflicts)} image(s) have copies in different class folders "
+              "(kept out of the hold-out: their truth is ambiguous)")
+        for line in conflicts:
+            print(f"{'':>18}{line}")
 
 
 def cmd_status(args) -> int:
@@ -279,7 +285,7 @@ def cmd_replay(args) -> int:
                   seed_per_class=args.seed_per_class, batch=args.batch, budget=args.budget,
                   seed=args.seed, data_dir=args.data, backbone=args.backbone,
                   holdout_size=args.holdout_size, on_progress=_progress("embedding"),
-                  auto_accept=args.auto_accept)
+                  auto_accept=args.auto_accept, seed_picker=args.seeds)
     if rows:
         first, last = rows[0], rows[-1]
         print(f"hold-out accuracy {first['accuracy']:.3f} at {first['labels']} labels -> "
@@ -289,7 +295,9 @@ def cmd_replay(args) -> int:
 
 
 def cmd_benchmark_strategies(args) -> int:
-    from loop.benchmark import benchmark_strategies, plot, print_table, write_json
+    import shlex
+
+    from loop.benchmark import benchmark_strategies, dataset_label, plot, print_table, write_json
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     if "random" not in strategies:
@@ -297,13 +305,16 @@ def cmd_benchmark_strategies(args) -> int:
     out = Path(args.out)
     results = benchmark_strategies(args.dataset, strategies, args.repeats, args.budget, args.batch,
                                    out, data_dir=args.data, labelers=tuple(args.labelers.split(",")),
-                                   auto_accept=args.auto_accept)
+                                   auto_accept=args.auto_accept, metric=args.metric,
+                                   seed_picker=args.seeds)
     print_table(results, args.dataset, args.budget)
-    png = plot(results, args.dataset, out / f"strategies-{args.dataset.replace(':', '-')}.png")
+    suffix = "" if args.metric == "accuracy" else f"-{args.metric}"
+    png = plot(results, args.dataset, out / f"strategies-{dataset_label(args.dataset)}{suffix}.png")
     print(f"curves with their spread: {png}")
     if args.json:
         path = Path("bench/results/strategies.json")
-        write_json(results, args.dataset, path)
+        write_json(results, args.dataset, path, command="python3 -m loop " + " ".join(
+            shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None)
         print(f"wrote {path}")
     return 0
 
@@ -311,6 +322,7 @@ def cmd_benchmark_strategies(args) -> int:
 def cmd_study(args) -> int:
     import json
 
+    from loop.project import Paths, ProjectError, open_or_create_dataset_project
     from loop.study import (
         open_study_project,
         parse_fractions,
@@ -320,7 +332,13 @@ def cmd_study(args) -> int:
     )
 
     fractions = parse_fractions(args.fractions)   # a bad list fails before any work
-    project = open_study_project(args.dataset, args.data, on_progress=_progress("embedding"))
+    try:
+        project = open_study_project(args.dataset, args.data, on_progress=_progress("embedding"))
+    except ProjectError as exc:
+        if not Path(args.dataset).expanduser().is_dir():   # a labeled folder, as `replay` takes
+            raise ProjectError(f"{exc}, nor a folder with one sub-folder per class") from None
+        project = open_or_create_dataset_project(args.dataset, Paths(Path(args.data)),
+                                                 on_progress=_progress("embedding"))
     result = run_study(project, fractions, args.repeats, args.target, args.seed,
                        repeats_full=args.repeats_full, pool=args.pool)
     print(report(result))
@@ -338,10 +356,13 @@ def cmd_backtest_forecast(args) -> int:
     if args.learn:
         if args.source != "lcdb":
             raise ValueError("--learn learns the shipped priors from LCDB: use it with --source lcdb")
+        if args.n0:
+            raise ValueError("--learn learns the shipped priors at N0 = 64, 128 and 256: leave out --n0")
         backtest.learn_shipped_priors(max_curves=args.max_curves, n_boot=args.n_boot)
         return 0
     backtest.run(args.source, as_json=args.json, max_curves=args.max_curves, n_boot=args.n_boot,
-                 holdout_size=args.holdout_size, n_classes=args.classes)
+                 holdout_size=args.holdout_size, n_classes=args.classes,
+                 n0s=args.n0 or backtest.N0S)
     return 0
 
 
@@ -372,8 +393,8 @@ def cmd_auto_accept(args) -> int:
         preview = autoaccept.preview(project, args.precision, project.settings.audit_share)
         print(autoaccept.describe_preview(preview))
         if action != "preview":
-            if preview["threshold"] is None and action == "now":
-                return 1
+            if preview["threshold"] is None and not preview["would_audit"] and action == "now":
+                return 1                              # nothing to label and nothing to audit
             if autoaccept.needs_confirmation(preview["would_accept"]) and not args.yes:
                 print(f"not done: this would label {preview['would_accept']:,} image(s) with no person "
                       f"looking at them (more than {autoaccept.CONFIRM_ABOVE}); run again with --yes")
@@ -483,11 +504,12 @@ def add_path_commands(sub) -> None:
                    "imagefolder. Never overwritten")
     p.set_defaults(run=cmd_export)
 
-    p = sub.add_parser("auto-accept", help="preview auto-accept at a hold-out precision, run it "
+    p = sub.add_parser("auto-accept", help="preview auto-accept at a promised precision (kept by "
+                       "audits of the pool: a 95%% lower bound on their precision must meet it), run it "
                        "now, turn it on (after every retrain) or off, or undo it; as on the Rules page")
     p.add_argument("name")
     p.add_argument("--precision", type=float, help="the precision to promise, a share (e.g. 0.95)")
-    for flag, text in (("--now", "auto-accept once, now"),
+    for flag, text in (("--now", "auto-accept once, now (or first send people an audit)"),
                        ("--on", "turn it on: now, and after every retrain"),
                        ("--off", "turn it off"),
                        ("--undo", "retract every auto-accepted label in force")):
@@ -585,6 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="auto")
     p.add_argument("--labeler", default="perfect", help="perfect, noisy:P or slow:SECONDS")
     p.add_argument("--seed-per-class", type=int, default=1)
+    p.add_argument("--seeds", choices=["random", "cold-start"], default="random",
+                   help="who picks the seed images: drawn at random per class from the folders, or "
+                   "the cold-start strategy, blind to the folders (as for an unlabeled folder)")
     p.add_argument("--batch", type=int, default=10)
     p.add_argument("--budget", type=int, default=100, help="simulated labels beyond the seeds")
     p.add_argument("--seed", type=int, default=0)
@@ -597,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("benchmark-strategies", help="replays per strategy and labeler; labels saved vs random")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--strategies", default="random,margin,entropy,kcenter,hybrid,typiclust,auto")
+    p.add_argument("--strategies", default="random,margin,entropy,kcenter,hybrid,typiclust,switch,auto")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--budget", type=int, default=300)
     p.add_argument("--batch", type=int, default=10)
@@ -605,13 +630,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench/out/strategies")
     p.add_argument("--auto-accept", type=float, metavar="PRECISION",
                    help="also run the default strategy with auto-accept at this precision")
+    p.add_argument("--seeds", choices=["random", "cold-start"], default="random",
+                   help="seed images drawn at random per class, or picked by the cold-start strategy")
+    p.add_argument("--metric", choices=["accuracy", "balanced"], default="accuracy",
+                   help="score curves by hold-out accuracy or balanced accuracy (mean per-class recall)")
     p.add_argument("--json", action="store_true", help="also merge the figures into bench/results/strategies.json")
     p.set_defaults(run=cmd_benchmark_strategies)
 
     p = sub.add_parser("study", help="train on random subsets of the labels, forecast the full pool, "
                        "then check the forecast there")
     p.add_argument("--dataset", required=True, metavar="NAME_OR_PROJECT",
-                   help="a project in the data folder, or demo, fashion-mnist, mnist5k (NAME:K)")
+                   help="a project in the data folder, demo, fashion-mnist, mnist5k (NAME:K), or a "
+                   "folder with one sub-folder per class (made a project of the data folder)")
     p.add_argument("--fractions", default="0.05,0.1,0.25,0.5",
                    help="shares of the labeled pool to subsample, or 'auto' for sizes from one "
                    "label per class to half the pool")
@@ -634,6 +664,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-curves", type=int, default=None,
                    help="score at most this many LCDB curves, drawn with a fixed seed (default: all)")
     p.add_argument("--n-boot", type=int, default=100, help="bootstrap replicates per fit (default 100)")
+    p.add_argument("--n0", type=int, nargs="+", metavar="N0",
+                   help="starting points: labeled counts each curve is fitted up to, then scored at "
+                   "2x, 4x and 8x (default 64 128 256)")
     p.add_argument("--holdout-size", type=int,
                    help="hold-out images of curve.csv files that have no replay database beside them")
     p.add_argument("--classes", type=int, help="class count of such curve.csv files")
