@@ -297,7 +297,13 @@ def cmd_replay(args) -> int:
 def cmd_benchmark_strategies(args) -> int:
     import shlex
 
-    from loop.benchmark import benchmark_strategies, dataset_label, plot, print_table, write_json
+    from loop.benchmark import (
+        benchmark_strategies,
+        dataset_label,
+        plot,
+        print_table,
+        write_json,
+    )
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     if "random" not in strategies:

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from loop.project import Paths, Project
-from loop.store import Store
 from loop.replay import replay
+from loop.store import Store
 
 METRICS = ("acc_at_1pc", "acc_at_3pc", "acc_at_10pc", "aulc", "labels_to_90", "labels_to_95")
 CURVE_METRIC = {"accuracy": "accuracy", "balanced": "balanced_accuracy"}
@@ -254,7 +254,7 @@ def print_table(results: dict, dataset: str, budget: int) -> None:
             def fmt(v, spec):
                 return "-" if v is None else format(v, spec)
 
-            def need(key):
+            def need(key, m=m):
                 return f">{budget}" if m[key] is None else f"{m[key]:.0f}"
             runs = m["runs"]
             print(f"{name:>16} {fmt(m['acc_at_1pc'], '.3f'):>6} {fmt(m['acc_at_3pc'], '.3f'):>6} "

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from loop.project import Project
-from loop.strategies import needs, pick
+from loop.strategies import pick
 
 QUEUE_SIZE = 200   # images ranked ahead after each version: a few batches for every annotator
 
@@ -63,10 +63,10 @@ def next_queries(project: Project, n: int, head=None, model_version: int | None 
         n_control = int(rng.binomial(n_pool, project.settings.control_share))
         control = rng.permutation(len(pool))[:n_control]
         rest = np.setdiff1d(np.arange(len(pool)), control)
-        available = dict(
-            probabilities=None, n_classes=len(project.class_names),
-            embeddings=project.embeddings_of([pool[i] for i in rest]) if len(rest) else None,
-            labeled=project.labeled("pool")[1])
+        available = {
+            "probabilities": None, "n_classes": len(project.class_names),
+            "embeddings": project.embeddings_of([pool[i] for i in rest]) if len(rest) else None,
+            "labeled": project.labeled("pool")[1]}
         uniform = np.full((len(rest), len(project.class_names)), 1 / len(project.class_names))
         available["probabilities"] = uniform if pool_probs is None else pool_probs[rest]
         if project.settings.strategy == "auto":
@@ -119,7 +119,8 @@ def chosen_by_arms(project: Project, rest: np.ndarray, n: int, has_model: bool,
         picks = [int(rest[free[i]]) for i in pick(arm, count, rng, **sub)]
         taken.update(picks)
         lists.append([((k + 0.5) / len(picks), i, choice.PREFIX + arm) for k, i in enumerate(picks)])
-    return [(i, origin) for _, i, origin in sorted(sum(lists, []), key=lambda e: e[0])]
+    merged = [entry for picks in lists for entry in picks]
+    return [(i, origin) for _, i, origin in sorted(merged, key=lambda e: e[0])]
 
 
 def refresh_queue(project: Project, head=None, model_version: int | None = None,
