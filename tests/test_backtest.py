@@ -485,30 +485,20 @@ def test_lcdb_curves():
 
 @needs_lcdb
 @pytest.mark.slow
-def test_lcdb_backtest_the_forecaster_beats_both_baselines():
-    lines = []
-    results = run("lcdb", as_json=True, max_curves=300, n_boot=30, log=lines.append)
-    assert "300 of them drawn at random" in lines[0]
-    printed = json.loads(lines[-1])
-    assert printed == results and list(printed) == KEYS
-    for key, models in printed.items():
-        assert list(models) == list(MODELS) and models["forecaster"]["n"] > 100, key
-    forecaster, flat, power = (printed["n0_128_h4"][m] for m in MODELS)
-    assert forecaster["mae"] < flat["mae"] and forecaster["mae"] < power["mae"]
-    assert 0.65 <= forecaster["coverage80"] <= 0.95
-
-
-@needs_lcdb
-@pytest.mark.slow
 def test_lcdb_backtest_at_its_defaults_every_n0_and_horizon():
     """The command as shipped, on 400 of its 1,600 curves (100 bootstrap replicates; the full run
     took 230 s on the 2-core CI machine, too much of the test budget; bench/README.md has its
     figures): at every N0 and horizon the forecaster is closer than both baselines, its 80%
     interval holds about 80% of the later measurements, and it says "not reachable" of a target
-    that was reached far less often than flat does."""
-    results = run("lcdb", as_json=True, max_curves=400, log=lambda line: None)
-    assert list(results) == KEYS
-    for key, models in results.items():
+    that was reached far less often than flat does. (One run for both this and what it prints:
+    a second LCDB run cost 25 s of the 10-minute test budget.)"""
+    lines = []
+    results = run("lcdb", as_json=True, max_curves=400, log=lines.append)
+    assert "400 of them drawn at random" in lines[0]
+    printed = json.loads(lines[-1])
+    assert printed == results and list(printed) == KEYS
+    for key, models in printed.items():
+        assert list(models) == list(MODELS) and models["forecaster"]["n"] > 100, key
         forecaster, flat, power = (models[m] for m in MODELS)
         assert forecaster["mae"] < flat["mae"] and forecaster["mae"] < power["mae"], key
         assert 0.7 <= forecaster["coverage80"] <= 0.88, key
