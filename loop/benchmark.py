@@ -185,7 +185,7 @@ def benchmark_strategies(dataset: str, strategies: list[str], repeats: int, budg
                 if len(fulls) < repeats:   # the same hold-out per seed whatever the strategy
                     fulls.append(full_data_accuracy(project)[column])
                 # People's labels: what a label budget buys (auto-accepted ones cost nothing).
-                labels = np.array([r["labels"] - r["auto_labels"] for r in rows], dtype=float)
+                labels = np.array([r["labels"] for r in rows], dtype=float)   # human labels (curve_rows)
                 score = np.array([r[column] for r in rows])
                 queried = [e["class_id"] for e in project.store.label_events(project.id)
                            if e["source"] == "simulated"]
