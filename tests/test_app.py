@@ -16,18 +16,24 @@ from tests.conftest import REPO, SHARED_DATA
 LEAD = "lead-token-for-the-tests-0123456789"
 
 
-@pytest.fixture
-def app(tmp_path, monkeypatch, demo_project, shared_cache):
-    monkeypatch.setenv("JUICER_DATA", str(tmp_path))
+def use_data_root(monkeypatch, root, shared_cache) -> None:
+    """Point the app at data root `root` (embeddings from the shared cache) and forget what an
+    earlier test's app loaded: each test its own data root, and no module or cache may carry
+    another test's project over."""
+    monkeypatch.setenv("JUICER_DATA", str(root))
     monkeypatch.setenv("JUICER_CACHE", str(shared_cache))
-    monkeypatch.setenv("JUICER_LEAD_TOKEN", LEAD)
-    # The demo images are already written out under the shared data root: link, don't copy.
-    (tmp_path / "datasets").symlink_to(SHARED_DATA / "datasets")
-    # Each test its own data root: no module or cache may carry another test's project over.
     for name in [m for m in sys.modules if m == "app" or m.startswith("pages")]:
         sys.modules.pop(name)
     st.cache_resource.clear()
     st.cache_data.clear()
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch, demo_project, shared_cache):
+    monkeypatch.setenv("JUICER_LEAD_TOKEN", LEAD)
+    # The demo images are already written out under the shared data root: link, don't copy.
+    (tmp_path / "datasets").symlink_to(SHARED_DATA / "datasets")
+    use_data_root(monkeypatch, tmp_path, shared_cache)
     return AppTest.from_file(str(REPO / "app.py"), default_timeout=300)
 
 
@@ -241,12 +247,7 @@ def test_curve_page_forecasts_and_runs_the_study(tmp_path, monkeypatch, demo_pro
            data_dir=SHARED_DATA, log=lambda *_: None)
     data = tmp_path / "run" / "replay"
     create_token(Store(data / "juicer.db"), "lead", "lead", token=LEAD)
-    monkeypatch.setenv("JUICER_DATA", str(data))
-    monkeypatch.setenv("JUICER_CACHE", str(shared_cache))
-    for name in [m for m in sys.modules if m == "app" or m.startswith("pages")]:
-        sys.modules.pop(name)
-    st.cache_resource.clear()
-    st.cache_data.clear()
+    use_data_root(monkeypatch, data, shared_cache)
     at = AppTest.from_string(f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
                              "import streamlit as st\nimport app\n"
                              f"st.session_state['token'] = {LEAD!r}\n"

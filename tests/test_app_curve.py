@@ -6,14 +6,12 @@ percentages for people, and the gallery's version slider, diff and a lead's corr
 
 from __future__ import annotations
 
-import sys
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import REPO
-from tests.test_app import LEAD, button, texts
+from tests.test_app import LEAD, button, texts, use_data_root
 from tests.test_browser import CHROMIUM, FLAGS, server  # noqa: F401 - server: a real `streamlit run app.py`
 from tests.test_curve import RISING, synthetic_project
 
@@ -26,12 +24,7 @@ def curve_app(tmp_path, monkeypatch, shared_cache):
     def open_page(points, then: str = "", **kwargs) -> AppTest:
         project = synthetic_project(tmp_path, points, **kwargs)
         create_token(project.store, "lead", "lead", token=LEAD)
-        monkeypatch.setenv("JUICER_DATA", str(tmp_path))
-        monkeypatch.setenv("JUICER_CACHE", str(shared_cache))
-        for name in [m for m in sys.modules if m == "app" or m.startswith("pages")]:
-            sys.modules.pop(name)
-        st.cache_resource.clear()
-        st.cache_data.clear()
+        use_data_root(monkeypatch, tmp_path, shared_cache)
         script = (f"import sys; sys.path.insert(0, {str(REPO)!r})\nimport streamlit as st\n"
                   f"from pages.curve import curve_page\nst.session_state['token'] = {LEAD!r}\n"
                   "st.query_params['project'] = 'synth'\ncurve_page()\n" + then)

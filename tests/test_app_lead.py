@@ -6,15 +6,13 @@ images (ready, skipped, copies)."""
 
 import json
 import shutil
-import sys
 import time
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import REPO, SHARED_DATA
-from tests.test_app import LEAD, button, texts
+from tests.test_app import LEAD, button, texts, use_data_root
 from tests.test_project import small_folder
 
 
@@ -28,16 +26,11 @@ def lead_app(tmp_path, monkeypatch, demo_project, shared_cache):
     folder = small_folder(demo_project.root, tmp_path / "imports" / "animals", per_class=30)
     create_project(Store(tmp_path / "juicer.db"), "small", folder, Paths(tmp_path, cache_dir=shared_cache),
                    settings=Settings(seeds_per_class=3, holdout_fraction=0.3))
-    monkeypatch.setenv("JUICER_DATA", str(tmp_path))
-    monkeypatch.setenv("JUICER_CACHE", str(shared_cache))
     monkeypatch.setenv("JUICER_LEAD_TOKEN", LEAD)
     monkeypatch.setenv("JUICER_PROJECT", "small")
     monkeypatch.setenv("JUICER_DATASET", str(folder))
     (tmp_path / "datasets").symlink_to(SHARED_DATA / "datasets")
-    for name in [m for m in sys.modules if m == "app" or m.startswith("pages")]:
-        sys.modules.pop(name)
-    st.cache_resource.clear()
-    st.cache_data.clear()
+    use_data_root(monkeypatch, tmp_path, shared_cache)
     return tmp_path
 
 
