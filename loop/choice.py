@@ -41,8 +41,8 @@ RIDGE = 1.0
 
 @dataclass(frozen=True)
 class Gain:
-    """An arm's measured hold-out accuracy gain over random picks at `labels` labels each
-    (mean paired difference and its standard error)."""
+    """An arm's measured hold-out accuracy gain over random picks (mean paired difference and
+    its standard error), from taking `labels` of its labels (or of random ones) out."""
 
     mean: float
     se: float
@@ -129,9 +129,8 @@ def allocation(gains: dict[str, Gain], slots: int, rng: np.random.Generator,
                explore: int = 1) -> dict[str, int]:
     """How many of a batch's `slots` each arm picks. Each measured gain is shrunk towards 0 by
     its noise (a normal prior of spread `prior_sd`: a gain measured on a handful of labels counts
-    for little); the arm with the largest shrunk gain takes the batch, random (gain exactly 0)
-    included, so a strategy measured worse than random is not asked and nothing measured better
-    leaves random in charge only when every other arm measured worse; ties go by `preference`.
+    for little); the arm with the largest shrunk gain takes the batch. Random's gain is exactly
+    0, so random takes it when every other arm measured worse; ties go by `preference`.
     `explore` slots go to the other arms by Thompson sampling, so each keeps being measured."""
     def shrunk(arm):
         gain = gains.get(arm)

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from loop import choice
 from loop.project import Project
-from loop.strategies import pick
+from loop.strategies import needs, pick
 
 QUEUE_SIZE = 200   # images ranked ahead after each version: a few batches for every annotator
 
@@ -57,24 +58,27 @@ def next_queries(project: Project, n: int, head=None, model_version: int | None 
 
     picked_pool = []
     if n_pool:
-        pool_probs = head.predict_proba(project.embeddings_of(pool)) if head is not None else None
+        name = project.settings.strategy
+        if name != "auto" and head is None and name not in ("typiclust", "kcenter", "switch"):
+            name = "random"                      # no model: nothing to be unsure of
+        # Read what the strategy (for the default: any of its arms) asks for, and each once.
+        wanted = {p for arm in (choice.ARMS if name == "auto" else (name,)) for p in needs(arm)}
+        pool_X = project.embeddings_of(pool) if head is not None or "embeddings" in wanted else None
+        pool_probs = head.predict_proba(pool_X) if head is not None else None
         # A random control slice, marked as such, lets the project's own labels show whether
         # the strategy beats random picking.
         n_control = int(rng.binomial(n_pool, project.settings.control_share))
         control = rng.permutation(len(pool))[:n_control]
         rest = np.setdiff1d(np.arange(len(pool)), control)
-        available = {
-            "probabilities": None, "n_classes": len(project.class_names),
-            "embeddings": project.embeddings_of([pool[i] for i in rest]) if len(rest) else None,
-            "labeled": project.labeled("pool")[1]}
         uniform = np.full((len(rest), len(project.class_names)), 1 / len(project.class_names))
-        available["probabilities"] = uniform if pool_probs is None else pool_probs[rest]
-        if project.settings.strategy == "auto":
+        available = {
+            "probabilities": uniform if pool_probs is None else pool_probs[rest],
+            "n_classes": len(project.class_names),
+            "embeddings": pool_X[rest] if "embeddings" in wanted else None,
+            "labeled": project.labeled("pool")[1] if "labeled" in wanted else None}
+        if name == "auto":
             ranked = chosen_by_arms(project, rest, n_pool - n_control, head is not None, rng, available)
         else:
-            name = project.settings.strategy
-            if head is None and name not in ("typiclust", "kcenter", "switch"):
-                name = "random"                  # no model: nothing to be unsure of
             ranked = [(int(rest[i]), "strategy") for i in pick(name, n_pool - n_control, rng, **available)]
         picked_pool = [(pool[i], None if pool_probs is None else pool_probs[i], origin)
                        for i, origin in ranked]
@@ -104,8 +108,6 @@ def chosen_by_arms(project: Project, rest: np.ndarray, n: int, has_model: bool,
     by their measured gain over random, each arm picking its share from the candidates `rest`
     (indices into the pool) the others left; (pool index, "strategy:<arm>"), the arms
     interleaved in proportion so that any first part of the queue keeps the shares."""
-    from loop import choice
-
     arms = choice.ARMS if has_model else ("typiclust", "random")   # no model: nothing to be unsure of
     shares = choice.allocation(choice.project_gains(project, rng), n, rng, arms=arms)
     taken: set[int] = set()
