@@ -107,7 +107,7 @@ def censored_median(values: list[float | None]) -> float | None:
     return None if not np.isfinite(median) else median
 
 
-def summarize(per_run: list[dict], budget: int) -> dict:
+def summarize(per_run: list[dict]) -> dict:
     """Per-metric figures over runs: accuracies and AULC as mean (and sd); labels-needed as the
     censored median with how many runs reached the target."""
     summary = {}
@@ -199,7 +199,7 @@ def benchmark_strategies(dataset: str, strategies: list[str], repeats: int, budg
                 log(f"{labeler:>10} {name:>16} seed {seed}: {score[0]:.3f} -> {score[-1]:.3f} "
                     f"at {int(labels[-1])} labels")
             per_run = [curve_metrics(labels, acc, k, fulls[s]) for s, (labels, acc, k, _, _) in enumerate(runs)]
-            summary = summarize(per_run, budget)
+            summary = summarize(per_run)
             summary["per_run"] = per_run
             summary["curves"] = [(labels.tolist(), acc.tolist()) for labels, acc, *_ in runs]
             project = runs[0][4]
