@@ -29,7 +29,7 @@ def _chance_corrected(observed: float, expected: float) -> float:
 
 def cohen_kappa(a, b, n_classes: int) -> float | None:
     """Cohen's kappa of two raters' labels `a`, `b` (class indices 0..n_classes-1) over the same
-    items: (p_o - p_e) / (1 - p_e), p_e from each rater's own class shares.
+    items: (p_o - p_e) / (1 - p_e), p_e from each rater's own class shares (scikit-learn's).
 
     None when there are no items. When p_e is 1 (both raters always gave the same single class)
     kappa is 0/0; this returns 1.0 if observed agreement is 1 (which it then is) and 0.0 otherwise.
@@ -44,9 +44,11 @@ def cohen_kappa(a, b, n_classes: int) -> float | None:
         raise ValueError(f"cohen_kappa needs labels for the same items: a has {len(a)}, b has {len(b)}")
     if len(a) == 0:
         return None
-    observed = float(np.mean(a == b))
-    expected = float(np.bincount(a, minlength=n_classes) @ np.bincount(b, minlength=n_classes)) / len(a) ** 2
-    return _chance_corrected(observed, expected)
+    if len(np.union1d(a, b)) == 1:      # p_e = 1 (0/0): scikit-learn says nan, we say agreed
+        return 1.0
+    from sklearn.metrics import cohen_kappa_score
+
+    return float(cohen_kappa_score(a, b, labels=np.arange(n_classes)))
 
 
 def fleiss_kappa(counts) -> float | None:

@@ -168,22 +168,15 @@ def subsample(curves: list[Curve], limit: int | None, seed: int = 1) -> list[Cur
 # -- smoothing the truth, baselines -------------------------------------------------------------
 
 def isotonic(y: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Weighted non-decreasing least-squares fit (pool adjacent violators).
+    """Weighted non-decreasing least-squares fit (pool adjacent violators, SciPy's: the routine
+    scikit-learn's IsotonicRegression runs, exact and O(n)).
 
     >>> isotonic(np.array([0.5, 0.7, 0.6, 0.8]), np.ones(4)).round(2).tolist()
     [0.5, 0.65, 0.65, 0.8]
     """
-    values, weights, counts = [], [], []
-    for yi, wi in zip(map(float, y), map(float, w)):
-        values.append(yi)
-        weights.append(wi)
-        counts.append(1)
-        while len(values) > 1 and values[-2] > values[-1]:
-            total = weights[-2] + weights[-1]
-            values[-2:] = [(values[-2] * weights[-2] + values[-1] * weights[-1]) / total]
-            weights[-2:] = [total]
-            counts[-2:] = [counts[-2] + counts[-1]]
-    return np.repeat(values, counts)
+    from scipy.optimize import isotonic_regression
+
+    return isotonic_regression(np.asarray(y, dtype=float), weights=np.asarray(w, dtype=float)).x
 
 
 def first_reached(labels: np.ndarray, smooth: np.ndarray, target: float) -> float | None:

@@ -50,21 +50,16 @@ def full_data_accuracy(project: Project) -> dict:
 
 
 def smoothed(accuracy: np.ndarray) -> np.ndarray:
-    """The curve made non-decreasing by isotonic regression (pool-adjacent-violators): a lucky
-    retrain above later ones is averaged with them, so one spike does not make a crossing, and
-    a rising end is not pulled down as a running mean would.
+    """The curve made non-decreasing by isotonic regression (pool-adjacent-violators, SciPy's):
+    a lucky retrain above later ones is averaged with them, so one spike does not make a
+    crossing, and a rising end is not pulled down as a running mean would.
 
     >>> smoothed(np.array([0.5, 0.9, 0.5, 0.6])).round(3).tolist()
     [0.5, 0.667, 0.667, 0.667]
     """
-    blocks: list[list[float]] = []          # [sum, count] of each pooled run
-    for value in np.asarray(accuracy, dtype=float):
-        blocks.append([value, 1.0])
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
-            total, count = blocks.pop()
-            blocks[-1][0] += total
-            blocks[-1][1] += count
-    return np.concatenate([np.full(int(c), t / c) for t, c in blocks])
+    from scipy.optimize import isotonic_regression
+
+    return isotonic_regression(np.asarray(accuracy, dtype=float)).x
 
 
 def labels_to_reach(labels: np.ndarray, accuracy: np.ndarray, target: float) -> float | None:

@@ -13,6 +13,7 @@ most wanted first. Adding one means writing the function and decorating it with 
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -151,24 +152,17 @@ def hybrid(probabilities: np.ndarray, embeddings: np.ndarray, n: int, rng: np.ra
     return np.array(taken, dtype=np.int64)
 
 
-def kmeans(points: np.ndarray, k: int, rng: np.random.Generator, iterations: int = 30) -> np.ndarray:
-    """Cluster labels from k-means (k-means++ start, Lloyd steps): small and dependency-free."""
+def kmeans(points: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Cluster labels from k-means (scikit-learn's: greedy k-means++ start, then Lloyd steps to
+    convergence or at most 50, which bounds a pick's time on a large pool), seeded from `rng` so
+    a pick is reproducible."""
+    from sklearn.cluster import KMeans
+
     k = min(k, len(points))
-    centers = [points[rng.integers(len(points))]]
-    nearest = _sq_distances(points, np.array(centers))[:, 0]
-    for _ in range(1, k):
-        p = nearest / nearest.sum() if nearest.sum() > 0 else None
-        centers.append(points[rng.choice(len(points), p=p)])
-        nearest = np.minimum(nearest, _sq_distances(points, centers[-1][None])[:, 0])
-    centers = np.array(centers)
-    for _ in range(iterations):
-        labels = _sq_distances(points, centers).argmin(axis=1)
-        moved = np.array([points[labels == c].mean(0) if np.any(labels == c) else centers[c]
-                          for c in range(k)])
-        if np.allclose(moved, centers, atol=1e-6):
-            break
-        centers = moved
-    return _sq_distances(points, centers).argmin(axis=1)
+    model = KMeans(n_clusters=k, n_init=1, max_iter=50, random_state=int(rng.integers(2**31 - 1)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # "fewer distinct points than clusters": labels still fine
+        return model.fit_predict(np.asarray(points, dtype=np.float32)).astype(np.int64)
 
 
 @strategy

@@ -1,12 +1,26 @@
 """The strategy benchmark in a small configuration (the full one is a benchmark, see bench/README.md)."""
 
+import doctest
 import json
 
 import numpy as np
+import pytest
 
+import loop.benchmark
 from loop.__main__ import main
-from loop.benchmark import censored_median, curve_metrics, labels_to_reach, ratio_text
+from loop.benchmark import (
+    censored_median,
+    curve_metrics,
+    labels_to_reach,
+    ratio_text,
+    smoothed,
+)
 from tests.conftest import SHARED_DATA
+
+
+def test_docstring_examples():
+    result = doctest.testmod(loop.benchmark)
+    assert result.failed == 0 and result.attempted > 0
 
 
 def test_curve_metrics_known_answers():
@@ -26,6 +40,17 @@ def test_a_lucky_spike_is_not_a_crossing():
     spiky = np.array([0.5, 0.96, 0.6, 0.62, 0.7, 0.8, 0.9, 0.95, 0.96, 0.97])
     assert labels_to_reach(labels, spiky, 0.9) == 70          # not 20, the spike
     assert labels_to_reach(labels[:-4], spiky[:-4], 0.9) is None     # never stays there
+
+
+def test_smoothed_is_the_isotonic_fit_of_a_brute_force_search():
+    """Against the min-max formula (fit at i = max over j <= i of min over k >= i of the mean of
+    accuracy[j..k]), on random curves: exact, as pool-adjacent-violators is."""
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 5, 17, 40):
+        accuracy = rng.random(n)
+        brute = [max(min(accuracy[j:k + 1].mean() for k in range(i, n)) for j in range(i + 1)) for i in range(n)]
+        assert smoothed(accuracy) == pytest.approx(brute, abs=1e-12)
+    assert smoothed(np.array([0.1, 0.2, 0.3])).tolist() == [0.1, 0.2, 0.3]
 
 
 def test_runs_that_never_reach_are_censored_not_dropped():
