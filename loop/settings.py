@@ -24,6 +24,25 @@ class HeadSettings:
     batch_size: int = 256
     cold_steps: int = 300
     warm_steps: int = 100
+    # Learning from the unlabeled pool while labels are few (label spreading; see models.heads,
+    # chosen by `python -m loop benchmark-heads`); spread_neighbors 0 turns it off.
+    spread_neighbors: int = 15
+    spread_alpha: float = 0.5
+    spread_until: float = 20.0          # labels per class
+    spread_max_unlabeled: int = 3000
+    spread_weight: float = 1.0
+    spread_power: float = 4.0
+    prototype_weight: float = 0.0       # class-mean blend while labels are few (0: off)
+    prototype_temperature: float = 10.0
+
+    def __post_init__(self):
+        if self.spread_neighbors < 0 or not 0 < self.spread_alpha < 1 or self.spread_max_unlabeled < 1:
+            raise ValueError("head.spread_neighbors must be 0 (off) or more, head.spread_alpha lie "
+                             "in (0, 1) and head.spread_max_unlabeled be 1 or more")
+        if min(self.spread_weight, self.spread_power, self.prototype_weight, self.spread_until) < 0 \
+                or self.prototype_temperature <= 0:
+            raise ValueError("head.spread_weight, spread_power, spread_until and prototype_weight "
+                             "must be 0 or more, head.prototype_temperature more than 0")
 
 
 SEED_PICKERS = ("random", "cold-start")
