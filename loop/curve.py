@@ -345,9 +345,6 @@ def strategy_versus_control(project: Project, repeats: int = 5, min_control: int
     chosen = [i for i, e in current.items() if (e["origin"] or "").startswith("strategy")]
     if len(control) < min_control or len(chosen) < len(control):
         return None
-    # Keras is imported only when there is something to train.
-    from models.heads import SoftmaxHead
-
     ids, X, y = project.labeled("pool")
     row = {int(i): k for k, i in enumerate(ids)}
     _, X_holdout, y_holdout = project.labeled("holdout")
@@ -357,7 +354,10 @@ def strategy_versus_control(project: Project, repeats: int = 5, min_control: int
         rows = [row[i] for i in seeds + list(picked)]
         if len(np.unique(y[rows])) < 2:
             return None
-        head = SoftmaxHead(len(project.class_names)).fit(X[rows], y[rows])
+        head = project.new_head()
+        unlabeled = (project.unlabeled_pool(ids[rows], head.spread_max_unlabeled, seed=len(rows))
+                     if head.wants_unlabeled(y[rows]) else None)
+        head.fit(X[rows], y[rows], unlabeled=unlabeled)
         return float(np.mean(head.predict(X_holdout) == y_holdout))
 
     random_score = score(control)

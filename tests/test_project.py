@@ -289,3 +289,57 @@ def test_copies_in_two_class_folders_are_reported_and_kept_out_of_the_holdout(
     out = capsys.readouterr().out
     assert "2 image(s) have copies in different class folders" in out
     assert "Cow/not-a-cow.png (Cow)" in out and f"Zebra/{zebra.name} (Zebra)" in out
+
+
+def test_a_retrain_learns_from_unlabeled_pool_images_never_from_the_holdout(tmp_path, demo_folder,
+                                                                           paths, monkeypatch):
+    from models.heads import SoftmaxHead
+
+    root = small_folder(demo_folder, tmp_path / "animals")
+    project = create_project(Store(paths.database), "a", root, paths,
+                             settings=Settings(seeds_per_class=1, holdout_fraction=0.3))
+    seen = {}
+    fit = SoftmaxHead.fit
+
+    def spy(self, X, y, warm_start=None, unlabeled=None, sample_weight=None):
+        seen["unlabeled"] = unlabeled
+        return fit(self, X, y, warm_start=warm_start, unlabeled=unlabeled, sample_weight=sample_weight)
+
+    monkeypatch.setattr(SoftmaxHead, "fit", spy)
+    assert project.retrain(force=True) is not None
+    holdout = project.embeddings_of(project.store.images(project.id, split="holdout"))
+    _, labeled, _ = project.labeled("pool")
+    pool = project.store.images(project.id, split="pool")
+    unlabeled = seen["unlabeled"]
+    assert len(unlabeled) == len(pool) - len(labeled) > 0
+    as_rows = {row.tobytes() for row in unlabeled}
+    assert not as_rows & {row.tobytes() for row in holdout}
+    assert not as_rows & {row.tobytes() for row in labeled}
+    # Past spread_until labels per class, the pool is not even read.
+    project.update_settings({"head.spread_until": 0.5})
+    project.retrain(force=True)
+    assert seen["unlabeled"] is None
+
+
+def test_each_feature_option_has_its_own_cache_and_is_never_embedded_twice(tmp_path, demo_folder,
+                                                                          monkeypatch):
+    import models.backbones
+
+    root = small_folder(demo_folder, tmp_path / "animals", per_class=2)
+    fresh = Paths(tmp_path / "data", cache_dir=tmp_path / "cache")
+    project = create_project(Store(fresh.database), "a", root, fresh)
+    hashes = [i["hash"] for i in project.store.images(project.id)]
+    base = project.cache.get(hashes)
+    assert project.embed(backbone="efficientnet-lite0+flip") == {}
+    flipped = project.cache_for("efficientnet-lite0+flip").get(hashes)
+    assert flipped.shape == base.shape and not np.allclose(flipped, base)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["efficientnet-lite0",
+                                                                     "efficientnet-lite0+flip"]
+    np.testing.assert_array_equal(project.cache.get(hashes), base)          # the base cache untouched
+    with pytest.raises(ValueError, match="unknown backbone 'nope'"):
+        project.cache_for("nope")
+    # Another project on the same images with that option: everything is cached, nothing embedded.
+    monkeypatch.setattr(models.backbones, "load_backbone", lambda *a: pytest.fail("embedded again"))
+    other = create_project(Store(fresh.database), "b", root, fresh,
+                           settings=Settings(backbone="efficientnet-lite0+flip"))
+    np.testing.assert_array_equal(other.cache.get(hashes), flipped)
