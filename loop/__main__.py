@@ -531,6 +531,21 @@ def add_path_commands(sub) -> None:
     p.set_defaults(run=cmd_settings)
 
 
+def cmd_benchmark_heads(args) -> int:
+    from loop.headbench import benchmark_heads, json_line, print_report
+
+    results = benchmark_heads([d for d in args.datasets.split(",") if d], args.repeats,
+                              heads=args.heads and args.heads.split(","),
+                              features=[f for f in args.features.split(",") if f],
+                              data_dir=args.data, timing_dataset=args.timing_dataset,
+                              timing_repeats=args.timing_repeats,
+                              log=lambda line: print(line, file=sys.stderr))
+    print_report(results)
+    if args.json:
+        print(json_line(results))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loop", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -642,6 +657,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score curves by hold-out accuracy or balanced accuracy (mean per-class recall)")
     p.add_argument("--json", action="store_true", help="also merge the figures into bench/results/strategies.json")
     p.set_defaults(run=cmd_benchmark_strategies)
+
+    p = sub.add_parser("benchmark-heads", help="accuracy at 1, 3, 10 labels per class and with all "
+                       "labels per head option, against today's head; retrain p50/p95")
+    p.add_argument("--datasets", default="demo,fashion-mnist,mnist5k")
+    p.add_argument("--repeats", type=int, default=5, help="random label draws per size")
+    p.add_argument("--heads", help="head options to compare (default: all of loop.headbench.HEADS)")
+    p.add_argument("--features", default="",
+                   help="other feature options (backbone names) to try the default head on")
+    p.add_argument("--timing-dataset", default="fashion-mnist:800",
+                   help="real embeddings for the retrain times (a pool of 5,000 or more)")
+    p.add_argument("--timing-repeats", type=int, default=20)
+    p.add_argument("--data", default=argparse.SUPPRESS, help="data root (same as the global --data)")
+    p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    p.set_defaults(run=cmd_benchmark_heads)
 
     p = sub.add_parser("study", help="train on random subsets of the labels, forecast the full pool, "
                        "then check the forecast there")
