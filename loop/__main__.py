@@ -345,6 +345,20 @@ def cmd_study(args) -> int:
             raise ProjectError(f"{exc}, nor a folder with one sub-folder per class") from None
         project = open_or_create_dataset_project(args.dataset, Paths(Path(args.data)),
                                                  on_progress=_progress("embedding"))
+    if args.compare_backbones:
+        from loop.study import compare_backbones, comparison_report
+
+        names = None
+        if args.compare_backbones != "embedded":
+            names = [n.strip() for n in args.compare_backbones.split(",") if n.strip()]
+            for name in names:
+                project.embed(_progress(f"embedding with {name}"), backbone=name)
+        results = compare_backbones(project, args.target, names, fractions, args.repeats, args.seed,
+                                    pool=args.pool, repeats_full=args.repeats_full)
+        print(comparison_report(results))
+        if args.json:
+            print(json.dumps({r.backbone: r.figures() for r in results}))
+        return 0
     result = run_study(project, fractions, args.repeats, args.target, args.seed,
                        repeats_full=args.repeats_full, pool=args.pool)
     print(report(result))
@@ -690,6 +704,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=argparse.SUPPRESS, help="data root (same as the global --data)")
     p.add_argument("--out", help="write study.csv and study.png here")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    p.add_argument("--compare-backbones", nargs="?", const="embedded", metavar="NAMES",
+                   help="run the study per backbone or feature option (comma-separated names, "
+                   "embedded first where needed; default: those already embedded) and say which "
+                   "needs the fewest labels for the target")
     p.set_defaults(run=cmd_study)
 
     p = sub.add_parser("backtest-forecast",

@@ -341,27 +341,42 @@ class Project:
 
     # -- data for training and scoring ----------------------------------------------------------
 
-    def labeled(self, split: str, up_to_event: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(image ids, embeddings, class indices) of the labeled images of a split."""
+    def labeled(self, split: str, up_to_event: int | None = None, backbone: str | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(image ids, embeddings, class indices) of the labeled images of a split; embeddings
+        of `backbone` (a registered backbone or feature option, default the project's)."""
         labels = self.store.current_labels(self.id, split=split, up_to_event=up_to_event)
         ids = np.array(sorted(labels), dtype=np.int64)
         rows = {i["id"]: i["hash"] for i in self.store.images(self.id, split=split)}
-        X = self.cache.get([rows[i] for i in ids]) if len(ids) else np.zeros((0, 0), np.float32)
+        cache = self.cache_for(backbone)
+        X = cache.get([rows[i] for i in ids]) if len(ids) else np.zeros((0, 0), np.float32)
         y = np.array([self.class_index[labels[i]] for i in ids], dtype=np.int64)
         return ids, X, y
 
-    def unlabeled_pool(self, labeled_ids: Sequence[int], limit: int, seed: int = 0) -> np.ndarray:
-        """Embeddings of at most `limit` pool images without a label (not in `labeled_ids`),
-        drawn at random with the project's seed and `seed`, for a head that learns from the pool.
-        Hold-out images are never among them, not even unlabeled."""
+    def unlabeled_pool(self, labeled_ids: Sequence[int], limit: int, seed: int = 0,
+                       backbone: str | None = None) -> np.ndarray:
+        """Embeddings (of `backbone`, default the project's) of at most `limit` pool images
+        without a label (not in `labeled_ids`), drawn at random with the project's seed and
+        `seed`, for a head that learns from the pool. Hold-out images are never among them, not
+        even unlabeled."""
+        cache = self.cache_for(backbone)
         taken = {int(i) for i in labeled_ids}
         hashes = [i["hash"] for i in self.store.images(self.id, split="pool") if i["id"] not in taken]
-        missing = set(self.cache.missing(hashes))   # added since, not embedded yet: left out
+        missing = set(cache.missing(hashes))   # added since, not embedded yet: left out
         hashes = [h for h in dict.fromkeys(hashes) if h not in missing]
         if len(hashes) > limit:
             rng = np.random.default_rng([self.settings.seed, seed, 11])
             hashes = [hashes[i] for i in np.sort(rng.choice(len(hashes), limit, replace=False))]
-        return self.cache.get(hashes) if hashes else np.zeros((0, 0), np.float32)
+        return cache.get(hashes) if hashes else np.zeros((0, 0), np.float32)
+
+    def embedded_backbones(self) -> list[str]:
+        """The registered backbones and feature options under which every image of the project
+        that is not skipped is cached (the project's own first): those a study can compare."""
+        from models.backbones import BACKBONES
+
+        hashes = [i["hash"] for i in self.store.images(self.id)]
+        names = [self.settings.backbone] + [b for b in BACKBONES if b != self.settings.backbone]
+        return [b for b in names if not self.cache_for(b).missing(hashes)]
 
     def embeddings_of(self, images: Sequence[dict]) -> np.ndarray:
         return self.cache.get([i["hash"] for i in images])

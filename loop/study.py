@@ -131,15 +131,16 @@ def pool_source(project: Project) -> str:
     return "known" if pool and all(i["known_class_id"] is not None for i in pool) else "labels"
 
 
-def labeled_pool(project: Project, source: str = "labels"
+def labeled_pool(project: Project, source: str = "labels", backbone: str | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image ids, embeddings, class indices) of the pool images the study may train on: with
     'labels' the current labels less auto-accepted ones (a study counts labels people gave), with
-    'known' every pool image's folder class (the ground truth a replay answers from)."""
+    'known' every pool image's folder class (the ground truth a replay answers from). Embeddings
+    of `backbone` (default the project's)."""
     if source == "auto":
         source = pool_source(project)
     if source == "labels":
-        ids, X, y = project.labeled("pool")
+        ids, X, y = project.labeled("pool", backbone=backbone)
         auto = set(project.store.current_labels(project.id, "pool", source="auto"))
         keep = np.array([i not in auto for i in ids], dtype=bool)
         return ids[keep], X[keep], y[keep]
@@ -149,7 +150,8 @@ def labeled_pool(project: Project, source: str = "labels"
         if not images:
             raise ProjectError(f"project '{project.name}' has no pool images with a folder class; "
                                "use the labels people gave (pool='labels')")
-        return (np.array([i["id"] for i in images], dtype=np.int64), project.embeddings_of(images),
+        return (np.array([i["id"] for i in images], dtype=np.int64),
+                project.cache_for(backbone).get([i["hash"] for i in images]),
                 np.array([project.class_index[i["known_class_id"]] for i in images], dtype=np.int64))
     raise ValueError(f"pool source '{source}' is not one of {', '.join(POOL_SOURCES)}")
 
@@ -175,6 +177,7 @@ class StudyResult:
     labels_needed: LabelsNeeded
     seconds: float
     project_pool: int | None = None    # the project's pool images: the most people could label
+    backbone: str | None = None        # whose embeddings the heads trained on
 
     def needed_text(self) -> str:
         """"Labels needed" within what the project allows: a count (or a bound) beyond the
@@ -220,7 +223,8 @@ class StudyResult:
         sizes = [{"n": int(r.n), "runs": int(r.runs), "mean": plain(r.mean), "sd": plain(r.sd),
                   "min": plain(r.min), "max": plain(r.max)}
                  for r in self.summary().query("kind == 'subset'").itertuples()]
-        return {"project": self.project, "pool": self.pool, "pool_size": self.pool_size,
+        return {"project": self.project, "backbone": self.backbone, "pool": self.pool,
+                "pool_size": self.pool_size,
                 "holdout_size": self.holdout_size, "n_classes": self.n_classes, "sizes": sizes,
                 "predicted_full": {"n": self.pool_size, "mean": mean, "low": low, "high": high},
                 "measured_full": self.measured_full, "measured_full_runs": self.measured_full_runs,
@@ -235,20 +239,22 @@ class StudyResult:
 def run_study(project: Project, fractions: Sequence[float] | None = DEFAULT_FRACTIONS,
               repeats: int = 5, target: float = 0.9, seed: int = 0,
               on_progress: Callable[[int, int], None] | None = None, *, repeats_full: int = 3,
-              pool: str = "labels") -> StudyResult:
+              pool: str = "labels", backbone: str | None = None) -> StudyResult:
     """Train `repeats` heads per subset size (`fractions` of the labeled pool, or sizes chosen by
     `study_sizes` when None), score each on the labeled hold-out images, fit the forecaster, then
     train `repeats_full` heads on the whole pool to check its prediction there. `pool` picks the
-    training labels (see `labeled_pool`); `on_progress(done, total)` is called after each head.
-    Seeds follow from `seed`, so the same call gives the same subsets."""
+    training labels (see `labeled_pool`); `backbone` the embeddings (a registered backbone or
+    feature option already cached for the project; default the project's); `on_progress(done,
+    total)` is called after each head. Seeds follow from `seed`, so the same call gives the same
+    subsets (whatever the backbone: a comparison is paired)."""
     if repeats < 1 or repeats_full < 1:
         raise ValueError(f"repeats and repeats_full must be at least 1, got {repeats} and {repeats_full}")
     if not 0 < target <= 1:
         raise ValueError(f"target accuracy must lie in (0, 1], got {target}")
     started = time.perf_counter()
     source = pool_source(project) if pool == "auto" else pool
-    ids, X, y = labeled_pool(project, source)
-    _, X_holdout, y_holdout = project.labeled("holdout")
+    ids, X, y = labeled_pool(project, source, backbone)
+    _, X_holdout, y_holdout = project.labeled("holdout", backbone=backbone)
     if not len(y_holdout):
         raise ProjectError(f"project '{project.name}' has no labeled hold-out images to score on; "
                            "label some first (the queue mixes them in)")
@@ -272,7 +278,8 @@ def run_study(project: Project, fractions: Sequence[float] | None = DEFAULT_FRAC
         head = project.new_head(head_seed)
         # As a retrain does: with few labels the head also learns from the rest of the pool
         # (the images of the pool not in this subset, unlabeled; never the hold-out).
-        unlabeled = (project.unlabeled_pool(ids[picked], head.spread_max_unlabeled, seed=size)
+        unlabeled = (project.unlabeled_pool(ids[picked], head.spread_max_unlabeled, seed=size,
+                                            backbone=backbone)
                      if head.wants_unlabeled(y[picked]) else None)
         head.fit(X[picked], y[picked], unlabeled=unlabeled)
         right = head.predict(X_holdout) == y_holdout
@@ -295,7 +302,58 @@ def run_study(project: Project, fractions: Sequence[float] | None = DEFAULT_FRAC
                        predicted_full=tuple(float(v) for v in forecaster.predict(len(y))),
                        labels_needed=forecaster.labels_needed(target),
                        seconds=time.perf_counter() - started,
-                       project_pool=len(project.store.images(project.id, split="pool")))
+                       project_pool=len(project.store.images(project.id, split="pool")),
+                       backbone=backbone or project.settings.backbone)
+
+
+# -- which backbone or feature option gives the most per label ------------------------------------
+
+def compare_backbones(project: Project, target: float = 0.9, backbones: Sequence[str] | None = None,
+                      fractions: Sequence[float] | None = None, repeats: int = 5, seed: int = 0,
+                      pool: str = "labels", repeats_full: int = 3,
+                      on_progress: Callable[[int, int], None] | None = None) -> list[StudyResult]:
+    """The study once per backbone or feature option (default: each one the project's images are
+    all embedded with, see Project.embedded_backbones), on the same labels, subsets and hold-out,
+    ranked best first (see `rank_key`)."""
+    names = list(backbones) if backbones else project.embedded_backbones()
+    if not names:
+        raise ProjectError(f"project '{project.name}' has no backbone with every image embedded yet")
+    results = []
+    for k, name in enumerate(names):
+        def progress(done, total, k=k):
+            if on_progress:
+                on_progress(k * total + done, len(names) * total)
+        results.append(run_study(project, fractions, repeats, target, seed, progress,
+                                 repeats_full=repeats_full, pool=pool, backbone=name))
+    return sorted(results, key=rank_key)
+
+
+def rank_key(result: StudyResult) -> tuple:
+    """Best first: one forecast to reach the target before one that is not, then fewer labels
+    needed, then the higher measured accuracy with the whole pool."""
+    needed = result.labels_needed
+    reaches = needed.reachable and needed.labels is not None and np.isfinite(needed.labels)
+    return (not reaches, needed.labels if reaches else 0.0, -result.measured_full)
+
+
+def comparison_report(results: Sequence[StudyResult]) -> str:
+    """The comparison as text: per option the measured accuracy with the whole pool, the forecast
+    there, and the labels needed for the target; then which one to use."""
+    if not results:
+        return "no backbone to compare"
+    first = results[0]
+    lines = [(f"backbones and feature options on '{first.project}': {first.pool_size:,} labeled pool "
+              f"images, {first.holdout_size:,} hold-out images, the same subsets for each; target "
+              f"{first.target:.1%}"),
+             f"{'backbone':<28} {'measured (all)':>15} {'forecast (all)':>22}  labels needed for the target"]
+    for r in results:
+        mean, low, high = r.predicted_full
+        lines.append(f"{r.backbone:<28} {r.measured_full:>15.3f} {mean:>8.3f} ({low:.3f}-{high:.3f})"
+                     f"  {r.needed_text()}")
+    best = results[0]
+    if len(results) > 1:
+        lines.append(f"most per label: {best.backbone} ({best.needed_text()})")
+    return "\n".join(lines)
 
 
 # -- opening, reporting, writing ----------------------------------------------------------------

@@ -26,7 +26,13 @@ from loop.curve import (
     target_answer,
 )
 from loop.project import Project
-from loop.study import report, run_study, study_figure
+from loop.study import (
+    compare_backbones,
+    comparison_report,
+    report,
+    run_study,
+    study_figure,
+)
 from pages.common import allowed, data_dir, page_figures, project_named, sidebar
 from pages.gallery import gallery
 
@@ -95,6 +101,7 @@ def draw_curve(project: Project, data: CurveData, target: float, metric: str) ->
                    f"hold-out images, calibrated on those curves "
                    f"(`python -m loop backtest-forecast --source lcdb`).")
     study_panel(project, target, metric, forecast, data.pool_size)
+    backbone_panel(project, target)
     comparison = strategy_vs_control(str(data_dir()), project.name, last["version"])
     if comparison:
         st.markdown(f"**Strategy against random, on this project's own labels:** "
@@ -135,6 +142,41 @@ def fit_curve(data_dir: str, name: str, newest_id: int, n_evaluations: int, metr
         return forecast_curve(project_named(name), metric=metric, evaluations=_evaluations)
     except ValueError:
         return None
+
+
+def backbone_panel(project: Project, target: float) -> None:
+    """Which backbone or feature option gives the most per label on this project's own labels:
+    the study once per option embedded (the same subsets and hold-out), best first."""
+    from models.backbones import BACKBONES, FEATURES
+
+    with st.expander("Which features give the most per label: compare backbones on these labels"):
+        embedded = project.embedded_backbones()
+        st.caption("Runs the subsampling study once per backbone or feature option whose "
+                   "embeddings of every image are cached (the same subsets and hold-out for each), "
+                   "and says which needs the fewest labels to reach the target. Options: "
+                   + "; ".join(f"+{k}: {v}" for k, v in FEATURES.items() if k != "head") + ".")
+        st.markdown("Embedded: " + (", ".join(embedded) or "none yet"))
+        others = [b for b in BACKBONES if b not in embedded]
+        chosen = st.multiselect("Embed these too (each takes about as long as the first embedding)",
+                                others, key="embed_more")
+        if chosen and st.button("Embed", key="embed_backbones"):
+            bar = st.progress(0.0)
+            for name in chosen:
+                project.embed(lambda done, total, name=name: bar.progress(
+                    done / max(total, 1), text=f"{name}: {done:,} of {total:,}"), backbone=name)
+            st.rerun()
+        if len(embedded) > 1 and st.button("Compare", key="compare_backbones"):
+            try:
+                with st.spinner(f"Running the study {len(embedded)} times..."):
+                    st.session_state["backbones"] = compare_backbones(project, target, embedded)
+            except (ValueError, KeyError) as error:
+                st.error(error.args[0] if isinstance(error, KeyError) else str(error))
+        results = st.session_state.get("backbones")
+        if results and results[0].project == project.name:
+            st.text(comparison_report(results))
+            if results[0].target != target:
+                st.caption(f"Compared for a target of {share(results[0].target)}; compare again "
+                           f"for {share(target)}.")
 
 
 def study_panel(project: Project, target: float, metric: str, forecast, pool_size: int) -> None:

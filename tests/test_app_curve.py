@@ -173,3 +173,12 @@ def test_in_a_browser_the_page_stays_still_and_redraws_when_a_retrain_is_scored(
                                arg=before, timeout=90_000)
         assert "model v2" in page.locator("p", has_text="hold-out accuracy with").first.inner_text()
         browser.close()
+
+
+def test_backbone_panel_offers_what_is_not_embedded_and_compares_only_two_or_more(curve_app):
+    from models.backbones import BACKBONES
+
+    at = curve_app(RISING)      # a synthetic project: no embeddings cached for any option
+    assert "Embedded: none yet" in [m.value for m in at.markdown]
+    assert at.multiselect(key="embed_more").options == list(BACKBONES)
+    assert not [b for b in at.button if b.key == "compare_backbones"]

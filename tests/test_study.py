@@ -9,9 +9,11 @@ import pytest
 
 import loop.study
 from loop.__main__ import main
+from loop.embeddings import EmbeddingCache
 from loop.project import Paths, ProjectError, open_or_create_dataset_project
-from loop.study import (RUN_COLUMNS, draw_subset, labeled_pool, parse_fractions, run_study,
-                        study_figure, study_sizes, write_outputs)
+from loop.study import (RUN_COLUMNS, compare_backbones, comparison_report, draw_subset, labeled_pool,
+                        parse_fractions, rank_key, run_study, study_figure, study_sizes,
+                        write_outputs)
 from tests.conftest import SHARED_DATA
 
 
@@ -199,6 +201,81 @@ def test_study_on_a_few_human_labels(few_labels):
     assert low <= mean <= high
     with pytest.raises(ValueError, match="3 or more distinct subset sizes of at least 10 labels"):
         run_study(project, fractions=[0.05, 0.1, 0.25, 0.5], pool="labels")
+
+
+# -- which backbone or feature option gives the most per label -----------------------------------
+
+@pytest.fixture(scope="module")
+def two_options(tmp_path_factory, demo_project):
+    """The few-labels project in a cache of its own holding two feature options: the real Lite0
+    embeddings, and under '+flip' the same drowned in noise (an option that is clearly worse,
+    so the comparison has a right answer; embedding the real flipped views would take a minute).
+    Nothing is written to the shared cache."""
+    root = tmp_path_factory.mktemp("options")
+    cache_dir = root / "embeddings"
+    hashes = sorted({i["hash"] for i in demo_project.store.images(demo_project.id)})
+    real = demo_project.cache.get(hashes)
+    EmbeddingCache(cache_dir, "efficientnet-lite0").add(hashes, real)
+    noise = np.random.default_rng(0).normal(0, 3 * real.std(), real.shape).astype(np.float32)
+    EmbeddingCache(cache_dir, "efficientnet-lite0+flip").add(hashes, real + noise)
+    project = open_or_create_dataset_project("demo", Paths(root, cache_dir=cache_dir),
+                                             data_dir=SHARED_DATA)
+    labeled = set(project.store.current_labels(project.id, "pool"))
+    pool = [i for i in project.store.images(project.id, split="pool") if i["id"] not in labeled]
+    project.store.add_labels(project.id, [(i["id"], i["known_class_id"]) for i in pool[::20][:90]],
+                             annotator="ana", source="human")
+    return root, cache_dir, project
+
+
+def test_embedded_backbones_are_those_with_every_image(two_options):
+    _, cache_dir, project = two_options
+    assert project.embedded_backbones() == ["efficientnet-lite0", "efficientnet-lite0+flip"]
+    # An option with one image short is not comparable yet.
+    hashes = [i["hash"] for i in project.store.images(project.id)]
+    partial = EmbeddingCache(cache_dir, "efficientnet-lite0+blocks")
+    partial.add(hashes[1:], np.zeros((len(hashes) - 1, 4), np.float32))
+    assert "efficientnet-lite0+blocks" not in project.embedded_backbones()
+    with pytest.raises(ValueError, match="unknown backbone 'resnet-9000'"):
+        project.labeled("pool", backbone="resnet-9000")
+
+
+def test_compare_backbones_ranks_the_better_features_first(two_options):
+    _, _, project = two_options
+    progress = []
+    results = compare_backbones(project, target=0.8, repeats=2, repeats_full=1,
+                                on_progress=lambda done, total: progress.append((done, total)))
+    assert [r.backbone for r in results] == ["efficientnet-lite0", "efficientnet-lite0+flip"]
+    real, noisy = results
+    # Paired: the same labels, the same subsets, the same hold-out for each option.
+    assert real.pool_size == noisy.pool_size >= 90 and real.holdout_size == noisy.holdout_size
+    subsets = lambda r: r.runs.loc[r.runs["kind"] == "subset", ["size", "seed"]].values.tolist()
+    assert subsets(real) == subsets(noisy)
+    assert real.measured_full > noisy.measured_full + 0.1
+    assert rank_key(real) < rank_key(noisy)
+    assert progress[-1][0] == progress[-1][1] and len({t for _, t in progress}) == 1
+    text = comparison_report(results)
+    assert text.splitlines()[-1].startswith("most per label: efficientnet-lite0 (")
+    assert "efficientnet-lite0+flip" in text and "target 80.0%" in text
+    # Run alone, an option's study is the same as in the comparison.
+    alone = run_study(project, None, 2, 0.8, repeats_full=1, backbone="efficientnet-lite0+flip")
+    assert alone.measured_full == noisy.measured_full and alone.backbone == noisy.backbone
+
+
+def test_command_line_compares_backbones(two_options, capsys, monkeypatch):
+    root, cache_dir, _ = two_options
+    monkeypatch.setenv("JUICER_CACHE", str(cache_dir))
+    code = main(["study", "--data", str(root), "--dataset", "demo", "--repeats", "2",
+                 "--repeats-full", "1", "--target", "0.8", "--json",
+                 "--compare-backbones", "efficientnet-lite0+flip,efficientnet-lite0"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "most per label: efficientnet-lite0 (" in out
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert list(figures) == ["efficientnet-lite0", "efficientnet-lite0+flip"]
+    assert figures["efficientnet-lite0"]["backbone"] == "efficientnet-lite0"
+    assert code == 0 and main(["study", "--data", str(root), "--dataset", "demo",
+                               "--compare-backbones", "resnet-9000"]) == 2
+    assert "unknown backbone 'resnet-9000'" in capsys.readouterr().err
 
 
 # -- the command line -------------------------------------------------------------------------
