@@ -95,13 +95,14 @@ class EmbeddingCache:
 
 def fill_cache(cache: EmbeddingCache, items: Sequence[tuple[str, str | Path]],
                embed_batch: Callable[[np.ndarray], np.ndarray], image_size: int,
-               batch_size: int = 8, shard_size: int = 1024,
+               batch_size: int | None = None, shard_size: int = 1024,
                on_progress: Callable[[int, int], None] | None = None,
                max_pixels: int | None = None, max_bytes: int | None = None) -> dict[str, str]:
     """Embed the (hash, path) items whose hash is not cached yet; returns {hash: reason} for the
     files that could not be decoded or are over `max_pixels` or `max_bytes` (default: the
-    decoder's own pixel limit, no size limit). Progress is saved every `shard_size` images."""
-    from models.extract import embed_files
+    decoder's own pixel limit, no size limit). Progress is saved every `shard_size` images;
+    `batch_size` images go through the model at once (default models.extract.BATCH_SIZE)."""
+    from models.extract import BATCH_SIZE, embed_files
     from models.images import MAX_PIXELS
 
     if max_pixels is None:
@@ -112,7 +113,8 @@ def fill_cache(cache: EmbeddingCache, items: Sequence[tuple[str, str | Path]],
     failures: dict[str, str] = {}
     pending_hashes: list[str] = []
     pending_vectors: list[np.ndarray] = []
-    for batch in embed_files([p for _, p in todo], embed_batch, image_size, batch_size,
+    for batch in embed_files([p for _, p in todo], embed_batch, image_size,
+                             batch_size or BATCH_SIZE,
                              on_progress=on_progress, max_pixels=max_pixels, max_bytes=max_bytes):
         for index, reason in batch.failures.items():
             failures[todo[index][0]] = reason

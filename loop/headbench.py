@@ -170,13 +170,14 @@ def retrain_figures(dataset: str, heads: list[str], data_dir: Path, work: Path, 
 
 def print_report(results: dict, log=print) -> None:
     datasets = [d for d in results if not d.startswith("_")]
+    width = max([30] + [len(h) + 1 for d in datasets for h in results[d] if not h.startswith("_")])
     for dataset in datasets:
         table = results[dataset]
         sizes = table["_sizes"]
         log(f"\n{dataset}: {sizes['classes']} classes, pool {sizes['pool']:,}, hold-out "
             f"{sizes['holdout']:,}; mean over draws (+- s.e. of the paired difference to baseline)")
         heads = [h for h in table if not h.startswith("_")]
-        log(f"{'head':<30}" + "".join(f"{m:>16}" for m in ("acc@1pc", "acc@3pc", "acc@10pc", "acc all",
+        log(f"{'head':<{width}}" + "".join(f"{m:>17}" for m in ("acc@1pc", "acc@3pc", "acc@10pc", "acc all",
                                                           "bal@1pc", "bal@3pc", "bal@10pc", "bal all")))
         base = table["_runs"].get("baseline")
         for head in heads:
@@ -189,8 +190,8 @@ def print_report(results: dict, log=print) -> None:
                     diff = runs - np.array(base[metric])
                     se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else 0.0
                     text += f" {100 * diff.mean():+.1f}" + (f"+-{100 * se:.1f}" if len(diff) > 1 else "")
-                cells.append(f"{text:>16}")
-            log(f"{head:<30}" + "".join(cells))
+                cells.append(f"{text:>17}")
+            log(f"{head:<{width}}" + "".join(cells))
     heads = [h for h in results[datasets[0]] if not h.startswith("_")] if datasets else []
     if "baseline" in heads:
         log("\nmean over the sets, points against baseline (target for the default: +4 at 1 and 3 "
@@ -200,7 +201,7 @@ def print_report(results: dict, log=print) -> None:
                 continue
             gains = {m: 100 * np.mean([results[d][head][m] - results[d]["baseline"][m] for d in datasets])
                      for m in METRICS}
-            log(f"{head:<30}" + "".join(f"{m.removeprefix('acc_')}: {g:+.1f}   " for m, g in gains.items()))
+            log(f"{head:<{width}}" + "".join(f"{m.removeprefix('acc_')}: {g:+.1f}   " for m, g in gains.items()))
     timing = results.get("_retrain")
     if timing:
         log(f"\nretrain seconds on {timing['dataset']} embeddings, p50 / p95 (warm-started, as the "
@@ -208,7 +209,7 @@ def print_report(results: dict, log=print) -> None:
         for head in heads:
             if head in timing:
                 (a50, a95), (b50, b95) = timing[head]["at_5000"], timing[head]["at_10pc"]
-                log(f"{head:<30} at 5,000 labels {a50:.3f} / {a95:.3f}    at 10 per class "
+                log(f"{head:<{width}} at 5,000 labels {a50:.3f} / {a95:.3f}    at 10 per class "
                     f"(with the unlabeled pool) {b50:.3f} / {b95:.3f}")
 
 
