@@ -135,3 +135,27 @@ def test_bad_spread_settings_and_weights_are_refused():
     X, y = blobs()
     with pytest.raises(ValueError, match="sample_weight"):
         SoftmaxHead(3).fit(X, y, sample_weight=-np.ones(len(y)))
+
+
+def test_spreading_graph_is_scikit_learns_knn_graph():
+    """Our k-nearest-neighbour graph (one matrix product) spreads exactly as LabelSpreading's
+    own kernel="knn" does, on clustered unit vectors."""
+    import warnings
+
+    from sklearn.semi_supervised import LabelSpreading
+
+    from models.heads import _unit, knn_graph
+
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(4, 32))
+    Z = _unit(np.repeat(centers, 50, axis=0) + rng.normal(scale=0.8, size=(200, 32))).astype(np.float32)
+    labels = np.full(200, -1)
+    labels[::25] = np.arange(200)[::25] // 50
+    out = []
+    for kernel in ("knn", lambda A, B: knn_graph(A, B, 7)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out.append(LabelSpreading(kernel=kernel, n_neighbors=7, alpha=0.5, max_iter=30)
+                       .fit(Z, labels).label_distributions_)
+    np.testing.assert_allclose(out[0], out[1], atol=1e-12)
+    assert (out[1].argmax(axis=1) == np.arange(200) // 50).mean() > 0.9
