@@ -22,10 +22,14 @@ import json
 import threading
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 from keras import ops
+
+if TYPE_CHECKING:
+    import scipy.sparse
 
 
 class SoftmaxHead:
@@ -326,7 +330,7 @@ def spread_labels(X: np.ndarray, y: np.ndarray, U: np.ndarray, n_classes: int, n
     return seen[best].astype(np.int64), confidence
 
 
-def knn_graph(A: np.ndarray, B: np.ndarray, k: int) -> "scipy.sparse.csr_matrix":
+def knn_graph(A: np.ndarray, B: np.ndarray, k: int) -> scipy.sparse.csr_matrix:
     """The k-nearest-neighbour connectivity graph from the unit rows of A to those of B (each
     row's k most similar rows of B, itself included when B is A): the graph scikit-learn's
     kernel="knn" builds, the same matrix, from one float32 matrix product instead of its
