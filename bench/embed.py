@@ -97,7 +97,6 @@ def measure(args) -> dict:
     worker_counts = [int(w) for w in args.workers.split(",")] if args.workers else []
     backbone = load_backbone(args.backbone)
     size = backbone.image_size
-    default_workers = None                              # decoded_in_order's own default
     runs: dict[str, list[float]] = {}
 
     def record(key: str, value: float) -> None:
@@ -119,8 +118,7 @@ def measure(args) -> dict:
                 wall, cpu = timed(lambda: [backbone.embed(batch[i:i + bs]) for i in range(0, n, bs)])
                 record(f"model_rate/{bs}", n / wall)
                 record(f"model_cpu_ms/{bs}", 1000 * cpu / n)
-                wall, _ = timed(lambda: list(embed_files(paths, backbone.embed, size, batch_size=bs,
-                                                         workers=default_workers)))
+                wall, _ = timed(lambda: list(embed_files(paths, backbone.embed, size, batch_size=bs)))
                 record(f"e2e/{bs}", n / wall)
             for workers in worker_counts:
                 wall, _ = timed(lambda: list(embed_files(paths, backbone.embed, size, workers=workers)))
@@ -147,10 +145,10 @@ def measure(args) -> dict:
 def layouts(args) -> dict[str, float]:
     """End-to-end images/s at the product's batch size per (intra-op threads, decode workers),
     each in a fresh process (TensorFlow's thread pools are fixed once it starts)."""
+    from models.extract import BATCH_SIZE
+
     out = {}
     for threads, workers in LAYOUTS:
-        from models.extract import BATCH_SIZE
-
         command = [sys.executable, __file__, "--images", str(args.images), "--batch-sizes",
                    str(BATCH_SIZE), "--workers", str(workers), "--rounds", str(args.rounds),
                    "--backbone", args.backbone, "--intra-op", str(threads), "--json"]

@@ -65,11 +65,10 @@ def project_data(project: Project, backbone: str | None = None) -> dict:
     """Pool and hold-out embeddings (under `backbone`, default the project's) and folder classes."""
     if backbone:
         project.embed(backbone=backbone)
-    cache = project.cache_for(backbone)
     out = {}
     for split in ("pool", "holdout"):
         images = project.store.images(project.id, split=split)
-        out[split] = (cache.get([i["hash"] for i in images]),
+        out[split] = (project.embeddings_of(images, backbone),
                       np.array([project.class_index[i["known_class_id"]] for i in images]))
     return out
 

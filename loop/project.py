@@ -378,8 +378,9 @@ class Project:
         names = [self.settings.backbone] + [b for b in BACKBONES if b != self.settings.backbone]
         return [b for b in names if not self.cache_for(b).missing(hashes)]
 
-    def embeddings_of(self, images: Sequence[dict]) -> np.ndarray:
-        return self.cache.get([i["hash"] for i in images])
+    def embeddings_of(self, images: Sequence[dict], backbone: str | None = None) -> np.ndarray:
+        """Cached embeddings of `images` (store rows) under `backbone` (default the project's)."""
+        return self.cache_for(backbone).get([i["hash"] for i in images])
 
     # -- heads ------------------------------------------------------------------------------
 

@@ -151,7 +151,7 @@ def labeled_pool(project: Project, source: str = "labels", backbone: str | None 
             raise ProjectError(f"project '{project.name}' has no pool images with a folder class; "
                                "use the labels people gave (pool='labels')")
         return (np.array([i["id"] for i in images], dtype=np.int64),
-                project.cache_for(backbone).get([i["hash"] for i in images]),
+                project.embeddings_of(images, backbone),
                 np.array([project.class_index[i["known_class_id"]] for i in images], dtype=np.int64))
     raise ValueError(f"pool source '{source}' is not one of {', '.join(POOL_SOURCES)}")
 

@@ -172,6 +172,15 @@ def test_bad_study_arguments(demo_project, options, message):
 
 # -- a project with a few dozen human labels, as the app's curve page sees it --------------------
 
+def label_unlabeled(project, every: int, count: int) -> list[dict]:
+    """Give `count` of the project's unlabeled pool images (every `every`-th) their folder class
+    as a person's label ("ana"); returns the pool images that were unlabeled before."""
+    labeled = set(project.store.current_labels(project.id, "pool"))
+    pool = [i for i in project.store.images(project.id, split="pool") if i["id"] not in labeled]
+    project.store.add_labels(project.id, [(i["id"], i["known_class_id"]) for i in pool[::every][:count]],
+                             annotator="ana", source="human")
+    return pool
+
 @pytest.fixture(scope="module")
 def few_labels(tmp_path_factory, shared_cache, demo_project):
     """The demo images as a project in its own data folder: the 10 seeds plus 30 labels people
@@ -179,10 +188,7 @@ def few_labels(tmp_path_factory, shared_cache, demo_project):
     root = tmp_path_factory.mktemp("few")
     project = open_or_create_dataset_project("demo", Paths(root, cache_dir=shared_cache),
                                              data_dir=SHARED_DATA)
-    labeled = set(project.store.current_labels(project.id, "pool"))
-    pool = [i for i in project.store.images(project.id, split="pool") if i["id"] not in labeled]
-    project.store.add_labels(project.id, [(i["id"], i["known_class_id"]) for i in pool[::50][:30]],
-                             annotator="ana", source="human")
+    pool = label_unlabeled(project, every=50, count=30)
     project.store.add_labels(project.id, [(pool[1]["id"], pool[1]["known_class_id"])],
                              annotator="model", source="auto")
     return root, project
@@ -220,10 +226,7 @@ def two_options(tmp_path_factory, demo_project):
     EmbeddingCache(cache_dir, "efficientnet-lite0+flip").add(hashes, real + noise)
     project = open_or_create_dataset_project("demo", Paths(root, cache_dir=cache_dir),
                                              data_dir=SHARED_DATA)
-    labeled = set(project.store.current_labels(project.id, "pool"))
-    pool = [i for i in project.store.images(project.id, split="pool") if i["id"] not in labeled]
-    project.store.add_labels(project.id, [(i["id"], i["known_class_id"]) for i in pool[::20][:90]],
-                             annotator="ana", source="human")
+    label_unlabeled(project, every=20, count=90)
     return root, cache_dir, project
 
 
