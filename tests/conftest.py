@@ -15,7 +15,12 @@ SHARED_DATA = REPO / "data"
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds; run with -m slow")
+    # The default run is the fast one (under 10 minutes on CI's 2 cores); `-m slow` runs the
+    # rest (browsers, processes, other backends, Ray, PostgreSQL), as `.ci/run` does after it.
+    # A test named on the command line (path::name) runs whatever its marks.
+    if not config.option.markexpr and not any("::" in arg for arg in config.args):
+        config.option.markexpr = "not slow"
     # Keras' TensorFlow backend calls np.array(tensor) in get_weights; numpy 2 warns about it.
     config.addinivalue_line("filterwarnings",
                             "ignore:__array__ implementation doesn't accept a copy keyword")
