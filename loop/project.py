@@ -70,7 +70,11 @@ class Paths:
     cache_dir: Path | None = None    # default: $JUICER_CACHE, else <root>/cache/embeddings
 
     @property
-    def database(self) -> Path:
+    def database(self) -> Path | str:
+        """The store: `$JUICER_DB` (a postgresql:// URL, or a SQLite file), else <root>/juicer.db."""
+        named = os.environ.get("JUICER_DB")
+        if named:
+            return named if "://" in named else Path(named)
         return self.root / "juicer.db"
 
     @property

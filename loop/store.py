@@ -1,5 +1,7 @@
-"""The project store: one SQLite database (WAL mode) through sqlite-utils, the schema in one place,
-and the only module that speaks SQL.
+"""The project store: one SQLite database (WAL mode, through sqlite-utils) or one PostgreSQL
+database (through psycopg 3, named by a `postgresql://` URL), the schema in one place, and the
+only module that speaks SQL. Its SQL is written once and runs on both; what differs between the two
+is kept in their connection classes at the end of this file.
 
 Labels are an append-only event log; an image's current label is its latest event (an event with
 no class retracts the label). An answer that cannot become the label (its image is with someone
@@ -15,10 +17,13 @@ as a conflict for the lead, never dropped and never written over the label.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import re
 import socket
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -155,8 +160,11 @@ class StorageError(StoreError):
     """The database itself cannot be written or read: disk full, read-only, deleted."""
 
 
-def translate(exc: sqlite3.Error, path: str) -> StorageError | None:
+def translate(exc: Exception, path: str) -> StorageError | None:
     """One clear message for the storage failures a person can act on (None: not one of them)."""
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(exc, psycopg.Error):
+        return _translate_postgres(exc, path)
     text = str(exc).lower()
     if "disk is full" in text or "database or disk is full" in text:
         return StorageError(f"the disk holding the database '{path}' is full: nothing from this "
@@ -169,6 +177,31 @@ def translate(exc: sqlite3.Error, path: str) -> StorageError | None:
         return StorageError(f"the database '{path}' cannot be used ({exc}): nothing from this "
                             "action was stored. Check the file, or restore a backup with "
                             "`python -m loop restore BACKUP`")
+    return None
+
+
+def _translate_postgres(exc, path: str) -> StorageError | None:
+    """`translate` for PostgreSQL, by the error's SQLSTATE (psycopg.Error.sqlstate)."""
+    import psycopg
+
+    state = exc.sqlstate or ""
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if state == "53100":                       # disk_full
+        return StorageError(f"the disk holding the database '{path}' is full: nothing from this "
+                            "action was stored. Free some space on the database server and try again")
+    if state in ("25006", "42501"):            # read_only_sql_transaction, insufficient_privilege
+        return StorageError(f"the database '{path}' is read-only: nothing from this action was "
+                            f"stored ({first_line}). Give its user write access (GRANT), or point "
+                            "JUICER_DB at a server that takes writes (not a standby)")
+    # The server is gone or refuses us: connection failures (08, or none: libpq's own), a shut
+    # down or restarting server (57P), no such database (3D000) or table (42P01), a refused login
+    # (28), no resources (53).
+    if (isinstance(exc, psycopg.OperationalError) and (not state or state[:2] in ("08", "28", "53")
+                                                       or state.startswith("57P"))) \
+            or state in ("3D000", "42P01"):
+        return StorageError(f"the database '{path}' cannot be used ({first_line}): nothing from "
+                            "this action was stored. Check that the PostgreSQL server runs and that "
+                            "JUICER_DB names it, or restore a dump with pg_restore")
     return None
 
 
@@ -209,29 +242,40 @@ def _ids(blob: bytes | None) -> np.ndarray:
 
 
 class Store:
-    """Thread-safe access to one database file: each thread gets its own connection."""
+    """Thread-safe access to one database: a SQLite file (or ":memory:"), or the PostgreSQL
+    database a `postgresql://user@host:port/db` URL names. Each thread gets its own connection."""
 
     def __init__(self, path: str | Path):
-        self.path = str(path)
+        self.postgres = is_postgres(path)
+        # `path` names the database in messages (and keys caches); a URL's password is left out.
+        self.path = _without_password(str(path)) if self.postgres else str(path)
+        self._url = str(path)
         self._local = threading.local()
         if self.path == ":memory:":
             # One shared in-memory connection (tests and doctests only).
-            self._shared = sqlite_utils.Database(sqlite3.connect(":memory:", check_same_thread=False))
+            self._shared = _SQLite(sqlite3.connect(":memory:", check_same_thread=False))
         else:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            if not self.postgres:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._shared = None
         self._ready = False
         try:
-            self._create_schema()
+            self.db.create_schema()
         except sqlite3.Error as exc:
             raise (translate(exc, self.path) or exc) from None
         self._ready = True
 
     @property
-    def db(self) -> sqlite_utils.Database:
+    def db(self) -> _SQLite | _Postgres:
+        """This thread's connection: `execute` (a cursor) and `query` (dicts) take the store's SQL,
+        with `?` or `:name` placeholders, on either database."""
         if self._shared is not None:
             return self._shared
         db = getattr(self._local, "db", None)
+        if self.postgres:
+            if db is None or db.conn.broken or db.conn.closed:   # a lost connection is made anew
+                db = self._local.db = _Postgres(self._url, self.path)
+            return db
         identity = self._identity()
         if (db is not None and identity != self._local.identity) or (self._ready and identity is None):
             # The file was deleted (or replaced) under us: writing on would go to a dead WAL (or a
@@ -244,7 +288,7 @@ class Store:
             db = None
         if db is None:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db = sqlite_utils.Database(conn)
+            db = _SQLite(conn)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
@@ -259,36 +303,27 @@ class Store:
             return None
         return st.st_dev, st.st_ino
 
-    def _create_schema(self) -> None:
-        db = self.db
-        for name, (columns, options) in SCHEMA.items():
-            db[name].create(columns, if_not_exists=True, **options)
-            present = db[name].columns_dict
-            for column, kind in columns.items():   # a database from an older version gains columns
-                if column not in present:
-                    db[name].add_column(column, kind)
-        for table, columns, unique in INDEXES:
-            db[table].create_index(columns, unique=unique, if_not_exists=True)
-
     def transaction(self):
         """`with store.transaction():` all or nothing (an exception rolls everything back); a
-        storage failure comes out as one clear StorageError."""
-        return _Transaction(self.db.conn, self.path)
+        storage failure comes out as one clear StorageError. Writers take turns: one write
+        transaction at a time on the whole database, on SQLite and on PostgreSQL alike."""
+        return _Transaction(self.db, self.path)
 
     @contextlib.contextmanager
     def snapshot(self):
         """`with store.snapshot():` every read inside sees the database as it was at its first
         read (one read transaction), whatever other threads and processes write meanwhile. For
         reads only: a page's figures all come from one such read."""
-        conn = self.db.conn
-        if conn.in_transaction:
+        db = self.db
+        if db.in_transaction:
             yield
             return
-        conn.execute("BEGIN DEFERRED")
+        db.begin_read()
         try:
             yield
         finally:
-            conn.execute("ROLLBACK")
+            with contextlib.suppress(StoreError, *db.errors):
+                db.execute("ROLLBACK")
 
     def query(self, sql: str, args: Sequence = ()) -> list[dict]:
         return list(self.db.query(sql, list(args)))
@@ -297,37 +332,59 @@ class Store:
         row = self.db.execute(sql, list(args)).fetchone()
         return None if row is None else row[0]
 
+    def _insert(self, table: str, row: dict) -> int:
+        """Insert one row into a table keyed by `id`; returns its id."""
+        row = _values(row)
+        sql = (f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))}) "
+               "RETURNING id")
+        return self.db.execute(sql, list(row.values())).fetchall()[0][0]
+
+    def _insert_all(self, table: str, rows: Iterable[dict]) -> None:
+        """Insert many rows; a column missing from a row is NULL there."""
+        rows = [_values(r) for r in rows]
+        if not rows:
+            return
+        columns = list(dict.fromkeys(c for r in rows for c in r))
+        sql = (f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+               f"({', '.join('?' * len(columns))})")
+        self.db.executemany(sql, [[r.get(c) for c in columns] for r in rows])
+
+    def _replace(self, table: str, row: dict) -> None:
+        """Insert `row`, or replace the row with its primary key (as SQLite's INSERT OR REPLACE)."""
+        row = _values(row)
+        self.db.execute(_replace_sql(table, tuple(row)), list(row.values()))
+
     # -- projects and classes -------------------------------------------------------------------
 
     def create_project(self, name: str, root: str, settings_json: str,
                        class_names: Sequence[str]) -> int:
         if not name or not name.replace("-", "").replace("_", "").isalnum() or not name.isascii():
             raise StoreError(f"project name '{name}' must be letters, digits, '-' or '_'")
-        if self.db["projects"].count_where("name = ?", [name]):
+        if self._one("SELECT count(*) FROM projects WHERE name = ?", [name]):
             raise StoreError(f"project '{name}' already exists; open it or choose another name")
         names = list(class_names)
         if len(names) < 2 or len(set(names)) != len(names):
             raise StoreError(f"a project needs at least 2 distinct classes, got {names}")
         with self.transaction():
-            pid = self.db["projects"].insert({"name": name, "root": root, "settings": settings_json,
-                                              "created_at": time.time()}).last_pk
-            self.db["classes"].insert_all({"project_id": pid, "name": c, "position": i}
-                                          for i, c in enumerate(names))
+            pid = self._insert("projects", {"name": name, "root": root, "settings": settings_json,
+                                            "created_at": time.time()})
+            self._insert_all("classes", ({"project_id": pid, "name": c, "position": i}
+                                         for i, c in enumerate(names)))
         return pid
 
     def project(self, name_or_id: str | int) -> dict:
         column = "id" if isinstance(name_or_id, int) else "name"
-        rows = list(self.db["projects"].rows_where(f"{column} = ?", [name_or_id]))
+        rows = self.query(f"SELECT * FROM projects WHERE {column} = ?", [name_or_id])
         if not rows:
-            known = ", ".join(r["name"] for r in self.db["projects"].rows) or "none yet"
+            known = ", ".join(r["name"] for r in self.projects()) or "none yet"
             raise StoreError(f"no project '{name_or_id}' (known projects: {known})")
         return rows[0]
 
     def projects(self) -> list[dict]:
-        return list(self.db["projects"].rows_where(order_by="id"))
+        return self.query("SELECT * FROM projects ORDER BY id")
 
     def classes(self, project_id: int) -> list[dict]:
-        return list(self.db["classes"].rows_where("project_id = ?", [project_id], order_by="position"))
+        return self.query("SELECT * FROM classes WHERE project_id = ? ORDER BY position", [project_id])
 
     def class_id(self, project_id: int, name: str) -> int:
         for row in self.classes(project_id):
@@ -338,20 +395,22 @@ class Store:
 
     def update_settings(self, project_id: int, settings_json: str) -> None:
         with self.transaction():
-            self.db["projects"].update(project_id, {"settings": settings_json})
+            if not self.db.execute("UPDATE projects SET settings = ? WHERE id = ?",
+                                   [settings_json, project_id]).rowcount:
+                raise StoreError(f"no project with id {project_id}")
 
     # -- import roots: the folders a browser may import from ------------------------------------
 
     def import_roots(self) -> list[str]:
-        return [r["path"] for r in self.db["import_roots"].rows_where(order_by="path")]
+        return [r["path"] for r in self.query("SELECT path FROM import_roots ORDER BY path")]
 
     def add_import_root(self, path: str) -> None:
         with self.transaction():
-            self.db["import_roots"].insert({"path": str(path), "added_at": time.time()}, replace=True)
+            self._replace("import_roots", {"path": str(path), "added_at": time.time()})
 
     def remove_import_root(self, path: str) -> bool:
         with self.transaction():
-            found = self.db["import_roots"].count_where("path = ?", [str(path)])
+            found = self._one("SELECT count(*) FROM import_roots WHERE path = ?", [str(path)])
             self.db.execute("DELETE FROM import_roots WHERE path = ?", [str(path)])
         return bool(found)
 
@@ -363,8 +422,8 @@ class Store:
             if row is not None and row[0] is None:
                 raise StoreError(f"'{name}' already has a token; revoke it first "
                                  f"(python -m loop token revoke {name})")
-            self.db["people"].insert({"name": name, "role": role, "token_hash": token_hash,
-                                      "created_at": time.time(), "revoked_at": None}, replace=True)
+            self._replace("people", {"name": name, "role": role, "token_hash": token_hash,
+                                     "created_at": time.time(), "revoked_at": None})
 
     def person_by_token_hash(self, token_hash: str) -> dict | None:
         rows = self.query("SELECT * FROM people WHERE token_hash = ? AND revoked_at IS NULL",
@@ -384,8 +443,7 @@ class Store:
 
     def add_images(self, project_id: int, rows: Iterable[dict]) -> None:
         with self.transaction():
-            self.db["images"].insert_all(({"project_id": project_id, "status": "ok", **r} for r in rows),
-                                         batch_size=1000)
+            self._insert_all("images", ({"project_id": project_id, "status": "ok", **r} for r in rows))
 
     def image(self, project_id: int, image_id: int) -> dict:
         rows = self.query("SELECT * FROM images WHERE project_id = ? AND id = ?", [project_id, int(image_id)])
@@ -401,15 +459,17 @@ class Store:
         if status:
             where.append("status = ?")
             args.append(status)
-        return list(self.db["images"].rows_where(" AND ".join(where), args, order_by="id"))
+        return self.query(f"SELECT * FROM images WHERE {' AND '.join(where)} ORDER BY id", args)
 
     def skipped_images(self, project_id: int) -> list[dict]:
-        return list(self.db["images"].rows_where("project_id = ? AND status = 'skipped'",
-                                                 [project_id], order_by="id"))
+        return self.query("SELECT * FROM images WHERE project_id = ? AND status = 'skipped' "
+                          "ORDER BY id", [project_id])
 
     def skip_image(self, image_id: int, reason: str) -> None:
         with self.transaction():
-            self.db["images"].update(image_id, {"status": "skipped", "reason": reason})
+            if not self.db.execute("UPDATE images SET status = 'skipped', reason = ? WHERE id = ?",
+                                   [reason, int(image_id)]).rowcount:
+                raise StoreError(f"no image with id {image_id}")
 
     def set_split(self, image_ids: Sequence[int], split: str) -> None:
         if split not in SPLITS:
@@ -466,7 +526,7 @@ class Store:
                 missing = [i for i in chunk if i not in found]
                 if missing:
                     raise StoreError(f"image id(s) {missing[:10]} are not usable images of this project")
-            return [self.db["label_events"].insert(e).last_pk for e in events]
+            return [self._insert("label_events", e) for e in events]
 
     def current_labels(self, project_id: int, split: str | None = None,
                        up_to_event: int | None = None, source: str | None = None) -> dict[int, int]:
@@ -551,13 +611,12 @@ class Store:
                                     "image_id = ?", [now + seconds, project_id, image_id])
                 else:
                     back += 1
-                    self.db.execute(
-                        "INSERT OR REPLACE INTO leases (project_id, image_id, annotator, leased_at, "
-                        "expires_at, origin, position) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [project_id, image_id, annotator, now, now + seconds, origin, back])
-                    self.db.execute(
-                        "INSERT OR REPLACE INTO shown (project_id, image_id, annotator, shown_at, "
-                        "skipped) VALUES (?, ?, ?, ?, 0)", [project_id, image_id, annotator, now])
+                    self._replace("leases", {
+                        "project_id": project_id, "image_id": image_id, "annotator": annotator,
+                        "leased_at": now, "expires_at": now + seconds, "origin": origin,
+                        "position": back})
+                    self._replace("shown", {"project_id": project_id, "image_id": image_id,
+                                            "annotator": annotator, "shown_at": now, "skipped": 0})
                 granted.append(image_id)
         return granted
 
@@ -599,9 +658,9 @@ class Store:
 
     def _receipt(self, project_id: int, annotator: str, uid: str | None, outcome: str) -> None:
         if uid:
-            self.db.execute("INSERT OR IGNORE INTO receipts (project_id, annotator, uid, created_at, "
-                            "outcome) VALUES (?, ?, ?, ?, ?)", [project_id, annotator, uid, time.time(),
-                                                                outcome])
+            self.db.execute("INSERT INTO receipts (project_id, annotator, uid, created_at, outcome) "
+                            "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                            [project_id, annotator, uid, time.time(), outcome])
 
     def record_receipt(self, project_id: int, annotator: str, uid: str, outcome: str) -> None:
         with self.transaction():
@@ -626,11 +685,11 @@ class Store:
     def _conflict(self, project_id: int, image_id: int, annotator: str, class_id: int | None,
                   reason: str) -> int:
         in_force = self._in_force(project_id, image_id)
-        return self.db["conflicts"].insert({
+        return self._insert("conflicts", {
             "project_id": project_id, "image_id": image_id, "annotator": annotator,
             "class_id": class_id, "reason": reason,
             "in_force_event_id": in_force["id"] if in_force else None, "created_at": time.time(),
-            "status": "open"}).last_pk
+            "status": "open"})
 
     def answer(self, project_id: int, annotator: str, image_id: int, class_id: int | None,
                uid: str | None = None, lease_seconds: float = 900, flag: bool = False) -> Outcome:
@@ -678,22 +737,26 @@ class Store:
                 return Outcome("conflict", image_id, f"image {image_id}: {reason}; your answer is kept "
                                                      "as a conflict for the lead, not as the label")
             if holder is None:
-                self.db.execute("INSERT OR REPLACE INTO leases (project_id, image_id, annotator, "
-                                "leased_at, expires_at, origin, position) VALUES (?, ?, ?, ?, ?, "
-                                "(SELECT origin FROM queue_items WHERE project_id = ? AND image_id = ?), "
-                                "(SELECT coalesce(max(position), 0) + 1 FROM leases WHERE project_id = ? "
-                                "AND annotator = ?))",
+                self.db.execute(_replace_sql(
+                                "leases", ("project_id", "image_id", "annotator", "leased_at",
+                                           "expires_at", "origin", "position"),
+                                "?, ?, ?, ?, ?, (SELECT origin FROM queue_items WHERE project_id = ? "
+                                "AND image_id = ?), (SELECT coalesce(max(position), 0) + 1 FROM "
+                                "leases WHERE project_id = ? AND annotator = ?)"),
                                 [project_id, image_id, annotator, shown["shown_at"], now + lease_seconds,
                                  project_id, image_id, project_id, annotator])
             if flag:
                 class_id = None
-            self.db.execute("INSERT OR REPLACE INTO drafts (project_id, annotator, image_id, class_id, "
-                            "skipped, created_at, origin, shown_at, flagged) VALUES (?, ?, ?, ?, ?, ?, "
-                            "(SELECT origin FROM leases WHERE project_id = ? AND image_id = ?), ?, ?)",
+            self.db.execute(_replace_sql(
+                            "drafts", ("project_id", "annotator", "image_id", "class_id", "skipped",
+                                       "created_at", "origin", "shown_at", "flagged"),
+                            "?, ?, ?, ?, ?, ?, (SELECT origin FROM leases WHERE project_id = ? AND "
+                            "image_id = ?), ?, ?"),
                             [project_id, annotator, image_id, class_id, int(class_id is None), now,
                              project_id, image_id, shown["shown_at"], int(flag)])
-            self.db.execute("UPDATE leases SET expires_at = max(expires_at, ?) WHERE project_id = ? "
-                            "AND annotator = ?", [now + lease_seconds, project_id, annotator])
+            self.db.execute("UPDATE leases SET expires_at = ? WHERE project_id = ? AND annotator = ? "
+                            "AND expires_at < ?", [now + lease_seconds, project_id, annotator,
+                                                   now + lease_seconds])
             self._receipt(project_id, annotator, uid, "draft")
         return Outcome("draft", image_id)
 
@@ -702,7 +765,7 @@ class Store:
         if annotator is not None:
             sql += " AND annotator = ?"
             args.append(annotator)
-        return self.query(sql + " ORDER BY created_at, rowid", args)
+        return self.query(sql + f" ORDER BY created_at, {self.db.arrival}", args)
 
     def recent_answers(self, project_id: int, annotator: str, n: int = 10) -> list[dict]:
         """`annotator`'s last `n` answers, newest first, one per image: pending ones (drafts,
@@ -748,9 +811,9 @@ class Store:
                                     "AND image_id = ? AND annotator = ?",
                                     [time.time(), project_id, image_id, annotator])
                     if d.get("flagged"):
-                        self.db.execute("INSERT OR REPLACE INTO flags (project_id, image_id, annotator, "
-                                        "created_at, status) VALUES (?, ?, ?, ?, 'open')",
-                                        [project_id, image_id, annotator, time.time()])
+                        self._replace("flags", {"project_id": project_id, "image_id": image_id,
+                                                "annotator": annotator, "created_at": time.time(),
+                                                "status": "open"})
                         flagged.append(image_id)
                     continue
                 since = self._others_since(project_id, image_id, annotator, d["shown_at"] or 0)
@@ -771,10 +834,10 @@ class Store:
                                          "image_id = ?", [project_id, image_id])
                     if assigned == annotator and any(c["class_id"] == d["class_id"] for c in open_):
                         # A third opinion siding with a conflicting answer settles it.
-                        event = self.db["label_events"].insert({
+                        event = self._insert("label_events", {
                             "project_id": project_id, "image_id": image_id, "class_id": d["class_id"],
                             "annotator": annotator, "source": source, "created_at": time.time(),
-                            "origin": "third-opinion"}).last_pk
+                            "origin": "third-opinion"})
                         self._resolve(project_id, image_id, annotator, f"third opinion by {annotator}",
                                       event)
                         labeled.append(image_id)
@@ -783,10 +846,10 @@ class Store:
                                    f"disagrees with {in_force['annotator']}'s label")
                     conflicts.append(image_id)
                     continue
-                event = self.db["label_events"].insert({
+                event = self._insert("label_events", {
                     "project_id": project_id, "image_id": image_id, "class_id": d["class_id"],
                     "annotator": annotator, "source": source, "created_at": time.time(),
-                    "origin": "overlap" if other_opinion else origin}).last_pk
+                    "origin": "overlap" if other_opinion else origin})
                 if other_opinion and self._one("SELECT annotator FROM assignments WHERE project_id = ? "
                                                "AND image_id = ?", [project_id, image_id]) == annotator:
                     self._resolve(project_id, image_id, annotator,
@@ -855,7 +918,7 @@ class Store:
                 raise StoreError(f"image {target} is with {holder[0]} now; undo was not done")
             before = self.query("SELECT class_id FROM label_events WHERE project_id = ? AND image_id = ? "
                                 "AND id < ? ORDER BY id DESC LIMIT 1", [project_id, target, event["id"]])
-            self.db["label_events"].insert({
+            self._insert("label_events", {
                 "project_id": project_id, "image_id": target,
                 "class_id": before[0]["class_id"] if before else None, "annotator": annotator,
                 "source": "human", "created_at": time.time(), "origin": "undo", "undoes": event["id"]})
@@ -873,10 +936,10 @@ class Store:
             if latest["annotator"] != annotator:
                 raise StoreError(f"the label of image {image_id} was given by {latest['annotator']}, "
                                  "not you; only its author or the lead (through a conflict) changes it")
-            return self.db["label_events"].insert({
+            return self._insert("label_events", {
                 "project_id": project_id, "image_id": int(image_id), "class_id": None,
                 "annotator": annotator, "source": "human", "created_at": time.time(),
-                "origin": "retract"}).last_pk
+                "origin": "retract"})
 
     # -- flags: images an annotator could not place --------------------------------------------
 
@@ -930,10 +993,10 @@ class Store:
             if not keep:
                 if class_id not in {c["id"] for c in self.classes(project_id)}:
                     raise StoreError(f"class id {class_id} does not exist in this project")
-                event = self.db["label_events"].insert({
+                event = self._insert("label_events", {
                     "project_id": project_id, "image_id": int(image_id), "class_id": class_id,
                     "annotator": lead, "source": "review", "created_at": time.time(),
-                    "origin": "conflict"}).last_pk
+                    "origin": "conflict"})
             self._resolve(project_id, int(image_id), lead, "kept the label in force" if keep else
                           f"set by {lead}", event)
             return event
@@ -949,9 +1012,9 @@ class Store:
                 involved.add(in_force["annotator"])
             if annotator in involved:
                 raise StoreError(f"{annotator} already answered image {image_id}; send it to a third person")
-            self.db.execute("INSERT OR REPLACE INTO assignments (project_id, image_id, annotator, "
-                            "assigned_by, created_at) VALUES (?, ?, ?, ?, ?)",
-                            [project_id, int(image_id), annotator, by, time.time()])
+            self._replace("assignments", {"project_id": project_id, "image_id": int(image_id),
+                                          "annotator": annotator, "assigned_by": by,
+                                          "created_at": time.time()})
 
     def assignments(self, project_id: int, annotator: str | None = None) -> list[dict]:
         sql, args = "SELECT * FROM assignments WHERE project_id = ?", [project_id]
@@ -967,10 +1030,9 @@ class Store:
         now = time.time()
         with self.transaction():
             self.db.execute("DELETE FROM queue_items WHERE project_id = ?", [project_id])
-            self.db["queue_items"].insert_all(
-                ({"project_id": project_id, "image_id": int(i), "position": k, "origin": o,
-                  "model_version": v, "created_at": now} for k, (i, o, v) in enumerate(rows)),
-                batch_size=1000)
+            self._insert_all("queue_items", (
+                {"project_id": project_id, "image_id": int(i), "position": k, "origin": o,
+                 "model_version": v, "created_at": now} for k, (i, o, v) in enumerate(rows)))
 
     def queue_size(self, project_id: int) -> int:
         return self._one("SELECT count(*) FROM queue_items WHERE project_id = ?", [project_id])
@@ -1032,9 +1094,10 @@ class Store:
                     seen.add(image_id)
 
         # CROSS JOIN: SQLite takes the tables in the order written, so the few assignments or
-        # queued images drive the query, not a scan of every image.
-        take(f"SELECT i.id, 'third-opinion' FROM assignments a CROSS JOIN images i ON a.project_id = "
-             f"i.project_id AND a.image_id = i.id WHERE {free} AND a.annotator = ? AND {opinion} "
+        # queued images drive the query, not a scan of every image (the join's condition is in
+        # WHERE: PostgreSQL allows no ON after CROSS JOIN, and plans the join itself).
+        take(f"SELECT i.id, 'third-opinion' FROM assignments a CROSS JOIN images i WHERE a.project_id "
+             f"= i.project_id AND a.image_id = i.id AND {free} AND a.annotator = ? AND {opinion} "
              f"ORDER BY a.created_at", [*base, annotator, annotator, annotator])
         if overlap_share > 0 and len(picked) < slack:
             # Second opinions on human labels: the share is chosen by a hash of the image id,
@@ -1051,8 +1114,8 @@ class Store:
                   overlap_seed + 1])
         opinions = {p for p, _ in picked}
         if len(picked) < slack:
-            take(f"SELECT i.id, q.origin FROM queue_items q CROSS JOIN images i ON q.project_id = "
-                 f"i.project_id AND q.image_id = i.id WHERE {free} AND {unlabeled} AND {answered} "
+            take(f"SELECT i.id, q.origin FROM queue_items q CROSS JOIN images i WHERE q.project_id = "
+                 f"i.project_id AND q.image_id = i.id AND {free} AND {unlabeled} AND {answered} "
                  f"ORDER BY q.position", [*base, annotator])
         if len(picked) < n:
             picked += [(i, "fallback") for i in self._random_free(
@@ -1132,7 +1195,7 @@ class Store:
     def add_audits(self, project_id: int, rows: Sequence[dict]) -> None:
         now = time.time()
         with self.transaction():
-            self.db["audits"].insert_all({"project_id": project_id, "created_at": now, **r} for r in rows)
+            self._insert_all("audits", ({"project_id": project_id, "created_at": now, **r} for r in rows))
 
     def audits(self, project_id: int) -> list[dict]:
         return self.query("SELECT * FROM audits WHERE project_id = ? ORDER BY created_at, image_id",
@@ -1150,8 +1213,8 @@ class Store:
                                   [project_id]).fetchone()
             if row is not None and row[0] != owner and row[1] > now and _alive(row[0]):
                 return False
-            self.db.execute("INSERT OR REPLACE INTO training_lease (project_id, owner, expires_at) "
-                            "VALUES (?, ?, ?)", [project_id, owner, now + seconds])
+            self._replace("training_lease", {"project_id": project_id, "owner": owner,
+                                             "expires_at": now + seconds})
             return True
 
     def release_training(self, project_id: int, owner: str) -> None:
@@ -1193,7 +1256,7 @@ class Store:
                        "train_ids": zlib.compress(np.asarray(train_ids, np.int64).tobytes())}
                 if isinstance(row.get("class_counts"), dict):
                     row["class_counts"] = json.dumps(row["class_counts"])
-                row["id"] = self.db["model_versions"].insert(row).last_pk
+                row["id"] = self._insert("model_versions", row)
                 if evaluation is not None:
                     row["evaluation_id"] = self._insert_evaluation(project_id, row["id"], **evaluation)
         except BaseException:
@@ -1215,7 +1278,7 @@ class Store:
             row = {"project_id": project_id, "version": version, "created_at": time.time(), **fields}
             if isinstance(row.get("class_counts"), dict):
                 row["class_counts"] = json.dumps(row["class_counts"])
-            row["id"] = self.db["model_versions"].insert(row).last_pk
+            row["id"] = self._insert("model_versions", row)
         return row
 
     _VERSION_COLUMNS = ("id, project_id, version, created_at, n_labels, last_event_id, class_counts, "
@@ -1249,10 +1312,10 @@ class Store:
                **{k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in summary.items()
                   if k != "id"}}
         probabilities = np.asarray(probabilities, dtype=np.float32)
-        eid = self.db["evaluations"].insert(row).last_pk
-        self.db["holdout_predictions"].insert_all(
-            ({"evaluation_id": eid, "image_id": int(i), "class_id": int(c), "probs": p.tobytes()}
-             for i, c, p in zip(image_ids, true_class_ids, probabilities)), batch_size=1000)
+        eid = self._insert("evaluations", row)
+        self._insert_all("holdout_predictions", (
+            {"evaluation_id": eid, "image_id": int(i), "class_id": int(c), "probs": p.tobytes()}
+            for i, c, p in zip(image_ids, true_class_ids, probabilities)))
         return eid
 
     def add_evaluation(self, project_id: int, model_version_id: int, summary: dict,
@@ -1291,8 +1354,8 @@ class Store:
 
     def log(self, project_id: int, kind: str, message: str) -> None:
         with self.transaction():
-            self.db["project_log"].insert({"project_id": project_id, "kind": kind, "message": message,
-                                           "created_at": time.time()})
+            self._insert("project_log", {"project_id": project_id, "kind": kind, "message": message,
+                                         "created_at": time.time()})
 
     def log_entries(self, project_id: int, kind: str | None = None, limit: int = 20) -> list[dict]:
         sql, args = "SELECT * FROM project_log WHERE project_id = ?", [project_id]
@@ -1305,7 +1368,8 @@ class Store:
 
     def backup(self, destination: str | Path) -> Path:
         """A consistent copy of the whole database taken while others keep writing (SQLite's
-        online backup API); refuses to overwrite an existing file."""
+        online backup API); refuses to overwrite an existing file. SQLite only."""
+        self._sqlite_only("backup", "pg_dump --format=custom --file=FILE")
         destination = Path(destination).expanduser()
         if destination.exists():
             raise StoreError(f"'{destination}' exists already; choose a new file for the backup")
@@ -1323,7 +1387,9 @@ class Store:
         return destination
 
     def restore(self, source: str | Path) -> None:
-        """Bring a backup back into this database, online (other connections see it at once)."""
+        """Bring a backup back into this database, online (other connections see it at once).
+        SQLite only."""
+        self._sqlite_only("restore", "pg_restore --clean --dbname=URL FILE")
         source = Path(source).expanduser()
         if not source.is_file():
             raise StoreError(f"backup '{source}' does not exist")
@@ -1343,21 +1409,27 @@ class Store:
             raise (translate(exc, self.path) or exc) from None
         finally:
             conn.close()
-        self._create_schema()
+        self.db.create_schema()
+
+    def _sqlite_only(self, action: str, command: str) -> None:
+        if self.postgres:
+            raise StoreError(f"{action} copies a SQLite database file; '{self.path}' is a PostgreSQL "
+                             f"database: use PostgreSQL's own tools (`{command}`), which take a "
+                             "consistent copy while people work")
 
 
 class _Transaction:
-    def __init__(self, conn: sqlite3.Connection, path: str):
-        self.conn = conn
+    def __init__(self, db: _SQLite | _Postgres, path: str):
+        self.db = db
         self.path = path
         self.outer = False
 
     def __enter__(self):
-        self.outer = not self.conn.in_transaction
+        self.outer = not self.db.in_transaction
         if self.outer:
             try:
-                self.conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
+                self.db.begin_write()
+            except self.db.errors as exc:
                 raise (translate(exc, self.path) or exc) from None
         return self
 
@@ -1365,21 +1437,234 @@ class _Transaction:
         if not self.outer:
             return False
         if exc_type:
-            try:
-                self.conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            if isinstance(exc, sqlite3.Error):
+            with contextlib.suppress(StoreError, *self.db.errors):
+                self.db.execute("ROLLBACK")
+            if isinstance(exc, self.db.errors):
                 storage = translate(exc, self.path)
                 if storage is not None:
                     raise storage from None
             return False
         try:
-            self.conn.execute("COMMIT")
-        except sqlite3.Error as commit_error:
-            try:
-                self.conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+            self.db.commit_write()
+        except self.db.errors as commit_error:
+            with contextlib.suppress(StoreError, *self.db.errors):
+                self.db.execute("ROLLBACK")
             raise (translate(commit_error, self.path) or commit_error) from None
         return False
+
+
+# -- the two databases ----------------------------------------------------------------------------
+# The store's SQL is SQLite's, with `?` (or `:name`) placeholders; ON CONFLICT and RETURNING run on
+# both. What differs lives in these two connection classes: column types and the schema's DDL,
+# placeholders, how transactions begin, and error codes (see `translate`).
+
+def is_postgres(location: str | Path) -> bool:
+    """Whether `location` names a PostgreSQL database (a postgresql:// URL) rather than a file."""
+    return str(location).startswith(("postgresql://", "postgres://"))
+
+
+def _without_password(url: str) -> str:
+    return re.sub(r"^(\w+://[^/:@]*):[^/@]*@", r"\1@", url)
+
+
+def _values(row: dict) -> dict:
+    """A row as both drivers take it: JSON for dicts and lists (as sqlite-utils stored them),
+    Python numbers for numpy's."""
+    return {k: json.dumps(v) if isinstance(v, (dict, list, tuple)) else
+            v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
+
+
+def _primary_key(table: str) -> tuple[str, ...]:
+    pk = SCHEMA[table][1]["pk"]
+    return (pk,) if isinstance(pk, str) else tuple(pk)
+
+
+@functools.lru_cache(maxsize=64)
+def _replace_sql(table: str, columns: tuple[str, ...], values: str | None = None) -> str:
+    """INSERT OR REPLACE as both databases spell it: on a clash of the primary key every other
+    column is set anew, those not given to NULL (as REPLACE leaves them). `values`: SQL for the
+    VALUES list, when some are subqueries."""
+    key = _primary_key(table)
+    given = set(columns)
+    sets = ", ".join(f"{c} = excluded.{c}" if c in given else f"{c} = NULL"
+                     for c in SCHEMA[table][0] if c not in key)
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+            f"({values or ', '.join('?' * len(columns))}) ON CONFLICT ({', '.join(key)}) DO UPDATE SET {sets}")
+
+
+class _SQLite(sqlite_utils.Database):
+    """A SQLite connection (sqlite-utils' Database, which `store.db` has always been)."""
+
+    errors = (sqlite3.Error,)
+    arrival = "rowid"       # the order rows were written, to break ties of time
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    def begin_write(self) -> None:
+        # IMMEDIATE: take the write lock now, so writers take turns (see _Postgres.begin_write).
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def begin_read(self) -> None:
+        self.conn.execute("BEGIN DEFERRED")    # the snapshot is taken at the first read
+
+    def commit_write(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def executemany(self, sql: str, rows: Sequence[Sequence]) -> None:
+        for start in range(0, len(rows), 1000):
+            self.conn.executemany(sql, rows[start:start + 1000])
+
+    def create_schema(self) -> None:
+        for name, (columns, options) in SCHEMA.items():
+            self[name].create(columns, if_not_exists=True, **options)
+            present = self[name].columns_dict
+            for column, kind in columns.items():   # a database from an older version gains columns
+                if column not in present:
+                    self[name].add_column(column, kind)
+        for table, columns, unique in INDEXES:
+            self[table].create_index(columns, unique=unique, if_not_exists=True)
+
+
+_POSTGRES_TYPES = {int: "BIGINT", str: "TEXT", float: "DOUBLE PRECISION", bytes: "BYTEA"}
+# The key of the advisory lock every write transaction holds (any constant: "Juicer" in ASCII).
+_WRITE_LOCK = 0x4A7569636572
+
+
+@functools.lru_cache(maxsize=4096)
+def _postgres_sql(sql: str, named: bool) -> str:
+    """The store's SQL with psycopg's placeholders (%s, %(name)s; a literal % doubled)."""
+    sql = sql.replace("%", "%%")
+    if named:
+        return re.sub(r"(?<![:\w]):([A-Za-z_]\w*)", r"%(\1)s", sql)
+    return sql.replace("?", "%s")
+
+
+def _postgres_table(name: str) -> str:
+    """CREATE TABLE for PostgreSQL from SCHEMA: an integer `id` key is an identity column (SQLite's
+    INTEGER PRIMARY KEY), integers are 64-bit as SQLite's are, bytes are BYTEA."""
+    columns, options = SCHEMA[name]
+    key = _primary_key(name)
+    parts = []
+    for column, kind in columns.items():
+        part = f"{column} {_POSTGRES_TYPES[kind]}"
+        if key == (column,) and kind is int:
+            part += " GENERATED BY DEFAULT AS IDENTITY"
+        if column in options.get("not_null", ()):
+            part += " NOT NULL"
+        parts.append(part)
+    parts.append(f"PRIMARY KEY ({', '.join(key)})")
+    parts += [f"FOREIGN KEY ({c}) REFERENCES {t} ({r})" for c, t, r in options.get("foreign_keys", ())]
+    return f"CREATE TABLE IF NOT EXISTS {name} ({', '.join(parts)})"
+
+
+class _Postgres:
+    """A PostgreSQL connection (psycopg 3, autocommit: transactions are begun here) that takes the
+    store's SQL and raises storage failures as StorageError."""
+
+    arrival = "image_id"    # no rowid: a person's two answers never share a time, so ties are moot
+
+    def __init__(self, url: str, path: str):
+        import psycopg
+        from psycopg.pq import TransactionStatus
+
+        self.errors = (psycopg.Error,)
+        self._idle = TransactionStatus.IDLE
+        self._failed = TransactionStatus.INERROR
+        self.path = path
+        try:
+            self.conn = psycopg.connect(url, autocommit=True)
+        except psycopg.Error as exc:
+            raise (translate(exc, path) or exc) from None
+        # A writer waits for the write lock at most as long as SQLite's busy timeout.
+        self.execute("SET lock_timeout = '30s'")
+
+    def execute(self, sql: str, parameters: Sequence | dict | None = None):
+        if parameters:
+            sql = _postgres_sql(sql, isinstance(parameters, dict))
+        try:
+            return self.conn.execute(sql, parameters or None)
+        except self.errors as exc:
+            raise (translate(exc, self.path) or exc) from None
+
+    def query(self, sql: str, params: Sequence | dict | None = None) -> list[dict]:
+        cursor = self.execute(sql, params)
+        names = [c.name for c in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def executemany(self, sql: str, rows: Sequence[Sequence]) -> None:
+        try:
+            with self.conn.cursor() as cursor:
+                cursor.executemany(_postgres_sql(sql, False), rows)
+        except self.errors as exc:
+            raise (translate(exc, self.path) or exc) from None
+
+    def table_names(self) -> list[str]:
+        return [r[0] for r in self.execute("SELECT table_name FROM information_schema.tables "
+                                           "WHERE table_schema = current_schema()").fetchall()]
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.info.transaction_status != self._idle
+
+    def begin_write(self) -> None:
+        # Writers take turns on the whole database, as under SQLite's BEGIN IMMEDIATE: every write
+        # transaction first takes one transaction-scoped advisory lock. Row locks (SELECT ... FOR
+        # UPDATE SKIP LOCKED) would not keep the semantics: a lease or an answer checks rows that
+        # do not exist yet (no lease, no draft, no newer event) before it writes, and nothing locks
+        # an absent row; and the event log's ids are what trainers count up to (`last_event_id`),
+        # so they must become visible in id order, which one writer at a time guarantees (an
+        # identity column hands out ids at insert, not at commit). Each statement (READ
+        # COMMITTED) then sees every earlier writer's commits, as a SQLite writer does.
+        self.execute("BEGIN")
+        try:
+            self.execute(f"SELECT pg_advisory_xact_lock({_WRITE_LOCK})")
+        except BaseException:
+            with contextlib.suppress(StoreError, *self.errors):
+                self.execute("ROLLBACK")
+            raise
+
+    def begin_read(self) -> None:
+        # SQLite's read transaction: one snapshot, taken at the first read.
+        self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+    def commit_write(self) -> None:
+        if self.conn.info.transaction_status == self._failed:
+            # PostgreSQL turns COMMIT of a failed transaction into a silent ROLLBACK: say so.
+            self.execute("ROLLBACK")
+            raise StoreError("a statement of this transaction failed, so nothing of it was stored")
+        self.execute("COMMIT")
+
+    def create_schema(self) -> None:
+        """The tables, columns and indexes of SCHEMA that are missing (usually none: one read),
+        created under the write lock (two processes creating one table at once would clash)."""
+        # pg_catalog, not information_schema: the same answer in a fraction of the time.
+        present = {(t, c) for t, c in self.execute(
+            "SELECT c.relname, a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r' "
+            "AND a.attnum > 0 AND NOT a.attisdropped").fetchall()}
+        indexes = {r[0] for r in self.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace "
+            "AND relkind = 'i'").fetchall()}
+        wanted = {(t, c) for t, (columns, _) in SCHEMA.items() for c in columns}
+
+        def index_name(table, columns):
+            return f"idx_{table}_{'_'.join(columns)}"
+
+        if wanted <= present and all(index_name(t, c) in indexes for t, c, _ in INDEXES):
+            return
+        tables = {t for t, _ in present}
+        with _Transaction(self, self.path):
+            for name, (columns, _) in SCHEMA.items():
+                if name not in tables:
+                    self.execute(_postgres_table(name))
+                    continue
+                for column, kind in columns.items():   # a database from an older version
+                    if (name, column) not in present:
+                        self.execute(f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS {column} "
+                                     f"{_POSTGRES_TYPES[kind]}")
+            for table, columns, unique in INDEXES:
+                if index_name(table, columns) not in indexes:
+                    self.execute(f"CREATE {'UNIQUE ' if unique else ''}INDEX IF NOT EXISTS "
+                                 f"{index_name(table, columns)} ON {table} ({', '.join(columns)})")

@@ -366,8 +366,8 @@ def open_study_project(name: str, data_dir: str | Path = "data",
     from loop.store import Store
 
     paths = Paths(Path(data_dir))
-    names = ([p["name"] for p in Store(paths.database).projects()] if paths.database.exists()
-             else [])
+    names = ([p["name"] for p in Store(paths.database).projects()]
+             if isinstance(paths.database, str) or paths.database.exists() else [])
     if name in names:
         return Project(Store(paths.database), name, paths)
     if name.partition(":")[0] in DATASETS:
