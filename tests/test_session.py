@@ -8,10 +8,12 @@ import pytest
 from loop.project import Paths, create_project
 from loop.session import LabelingSession
 from loop.settings import Settings
-from loop.store import StoreError
+from loop.store import Store, StoreError
 from loop.trainer import Trainer
+
+# Every test here on SQLite and on PostgreSQL (JUICER_DB names the test's database there).
+from tests.postgres import backend, database, postgres_server, use_backend  # noqa: F401
 from tests.test_project import CLASSES, small_folder
-from loop.store import Store
 
 
 @pytest.fixture

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the fixtures imported from tests/postgres.py are the tests' parameters)
 import sqlite3
 import threading
 import time
@@ -6,11 +7,12 @@ import numpy as np
 import pytest
 
 from loop.store import StorageError, Store, StoreError
+from tests.postgres import backend, database, postgres_server, sqlite_only  # noqa: F401
 
 
 @pytest.fixture
-def store(tmp_path):
-    return Store(tmp_path / "j.db")
+def store(database):
+    return Store(database)
 
 
 @pytest.fixture
@@ -24,8 +26,9 @@ def image_ids(store, pid):
     return [i["id"] for i in store.images(pid)]
 
 
-def test_wal_mode_and_schema(store):
-    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+def test_wal_mode_and_schema(store, backend):
+    if backend == "sqlite":
+        assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert {"projects", "classes", "images", "label_events", "model_versions", "evaluations",
             "holdout_predictions"} <= set(store.db.table_names())
 
@@ -56,10 +59,10 @@ def test_a_bad_label_rejects_the_whole_batch(store, project):
     assert store.label_events(project) == []
 
 
-def test_a_snapshot_reads_one_moment_while_others_write(store, project, tmp_path):
+def test_a_snapshot_reads_one_moment_while_others_write(store, project, database):
     a, b = image_ids(store, project)[:2]
     store.add_labels(project, [(a, "cat")], "ana", "human")
-    other = Store(tmp_path / "j.db")                       # another process, say
+    other = Store(database)                                # another process, say
     writer = threading.Thread(target=lambda: other.add_labels(project, [(b, "dog")], "ben", "human"))
     with store.snapshot():
         first = store.current_labels(project)
@@ -74,8 +77,9 @@ def test_transaction_rolls_back_on_crash(store, project):
     a = image_ids(store, project)[0]
     with pytest.raises(RuntimeError):
         with store.transaction():
-            store.db["label_events"].insert({"project_id": project, "image_id": a, "class_id": None,
-                                             "annotator": "x", "source": "human", "created_at": 0})
+            store.db.execute("INSERT INTO label_events (project_id, image_id, class_id, annotator, "
+                             "source, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                             [project, a, None, "x", "human", 0])
             raise RuntimeError("crash mid-batch")
     assert store.label_events(project) == []
 
@@ -120,14 +124,34 @@ def test_evaluations_keep_per_image_probabilities(store, project):
     assert store.evaluations(project)[0]["rules"] == [{"a": 1}]
 
 
-def test_database_survives_reopening(tmp_path):
-    path = tmp_path / "k.db"
-    store = Store(path)
+def test_database_survives_reopening(database, backend):
+    store = Store(database)
     pid = store.create_project("p", "/d", "{}", ["a", "b"])
     store.add_images(pid, [{"path": "x.png", "hash": "h", "split": "pool"}])
     store.add_labels(pid, [(store.images(pid)[0]["id"], "a")], "ana", "human")
-    conn = sqlite3.connect(path)
-    assert conn.execute("select count(*) from label_events").fetchone()[0] == 1
+    del store
+    assert len(Store(database).label_events(pid)) == 1
+    if backend == "sqlite":
+        conn = sqlite3.connect(database)
+        assert conn.execute("select count(*) from label_events").fetchone()[0] == 1
+
+
+def test_two_annotators_leasing_at_once_never_get_the_same_image(store, project):
+    ids = image_ids(store, project)
+    granted = {}
+
+    def ask(who):     # 4 people, 2 images each, 6 images: someone gets fewer
+        granted[who] = store.lease(project, ids, who, limit=2)
+
+    threads = [threading.Thread(target=ask, args=(f"a{k}",)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    handed = [i for images in granted.values() for i in images]
+    assert sorted(handed) == sorted(ids)                      # every image once, to one person
+    assert {lease["image_id"]: lease["annotator"] for lease in store.leases(project)} == {
+        i: who for who, images in granted.items() for i in images}
 
 
 # -- publishing, storage failures, backup ---------------------------------------------------------
@@ -174,6 +198,7 @@ def test_a_failed_publish_leaves_neither_row_nor_weights(store, project, tmp_pat
     assert store.model_versions(project) == [] and list(heads.iterdir()) == []
 
 
+@sqlite_only
 def test_disk_full_is_one_clear_error_and_stores_nothing(store, project):
     a = image_ids(store, project)[0]
     pages = store.db.execute("PRAGMA page_count").fetchone()[0]
@@ -184,12 +209,30 @@ def test_disk_full_is_one_clear_error_and_stores_nothing(store, project):
     assert store.label_events(project) == []
 
 
-def test_read_only_database_is_one_clear_error(store, project):
+def test_read_only_database_is_one_clear_error(store, project, backend):
     a = image_ids(store, project)[0]
-    store.db.execute("PRAGMA query_only = 1")     # as a read-only file or mount does (root ignores chmod)
+    # As a read-only file or mount does (root ignores chmod), or a PostgreSQL standby.
+    read_only = {"sqlite": "PRAGMA query_only = {}",
+                 "postgresql": "SET default_transaction_read_only = {}"}[backend]
+    store.db.execute(read_only.format(1 if backend == "sqlite" else "on"))
     with pytest.raises(StorageError, match="read-only: nothing from this action was stored"):
         store.add_labels(project, [(a, "cat")], "ana", "human")
-    store.db.execute("PRAGMA query_only = 0")
+    store.db.execute(read_only.format(0 if backend == "sqlite" else "off"))
+    assert store.label_events(project) == []
+
+
+def test_postgres_failures_read_as_the_same_clear_errors():
+    errors = pytest.importorskip("psycopg").errors
+    from loop.store import translate
+
+    where = "postgresql://juicer@db/juicer"
+    assert "disk holding the database 'postgresql://juicer@db/juicer' is full: nothing" in str(
+        translate(errors.DiskFull("could not extend file"), where))
+    assert "read-only: nothing from this action was stored" in str(
+        translate(errors.ReadOnlySqlTransaction("cannot execute INSERT"), where))
+    assert "cannot be used (terminating connection due to administrator command): nothing" in str(
+        translate(errors.AdminShutdown("terminating connection due to administrator command"), where))
+    assert translate(errors.UniqueViolation("duplicate key"), where) is None   # a bug, not storage
 
 
 def test_a_deleted_database_refuses_answers_instead_of_losing_them(tmp_path):
@@ -236,3 +279,44 @@ def test_backup_while_writing_and_restore(tmp_path):
     (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)
     with pytest.raises(StoreError, match="not a"):
         store.restore(tmp_path / "junk.db")
+
+
+# -- PostgreSQL's own cases ---------------------------------------------------------------------
+
+def test_a_postgres_url_or_juicer_db_names_the_database(postgres_server, tmp_path, monkeypatch):
+    from loop.project import Paths
+
+    url = postgres_server.new_database(empty=True)      # the store makes its tables
+    monkeypatch.setenv("JUICER_DB", url)
+    assert Paths(tmp_path).database == url
+    pid = Store(Paths(tmp_path).database).create_project("p", "/d", "{}", ["a", "b"])
+    over_tcp = postgres_server.url(postgres_server.name_of(url), tcp=True)
+    with_password = over_tcp.replace("juicer@", "juicer:secret@")
+    store = Store(with_password)
+    assert store.project("p")["id"] == pid
+    assert store.path == over_tcp and "secret" not in store.path     # messages never show it
+    monkeypatch.delenv("JUICER_DB")
+    assert Paths(tmp_path).database == tmp_path / "juicer.db"
+
+
+def test_a_dropped_postgres_database_is_one_clear_error(postgres_server):
+    import psycopg
+
+    url = postgres_server.new_database()
+    store = Store(url)
+    pid = store.create_project("p", "/d", "{}", ["a", "b"])
+    store.add_images(pid, [{"path": "x.png", "hash": "h", "split": "pool"}])
+    with psycopg.connect(postgres_server.url(), autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE {postgres_server.name_of(url)} WITH (FORCE)")
+    for _ in range(2):     # the lost connection, then a new one to a database that is gone
+        with pytest.raises(StorageError, match="cannot be used .*: nothing from this action was stored"):
+            store.add_labels(pid, [(1, "a")], "ana", "human")
+
+
+def test_backup_of_a_postgres_database_says_to_use_pg_dump(postgres_server, tmp_path):
+    store = Store(postgres_server.new_database())
+    with pytest.raises(StoreError, match="is a PostgreSQL database: use .*pg_dump"):
+        store.backup(tmp_path / "copy.db")
+    with pytest.raises(StoreError, match="pg_restore"):
+        store.restore(tmp_path / "copy.db")
+    assert not (tmp_path / "copy.db").exists()
