@@ -92,6 +92,7 @@ class Backbone:
         self.name = spec.name
         self.image_size = spec.image_size
         network = _network(spec.network)
+        self.network = network     # the whole network (image -> features, logits), for fine-tuning
         if spec.features == "blocks":
             import keras
 

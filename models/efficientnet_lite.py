@@ -78,26 +78,50 @@ def build_efficientnet_lite(width: float, depth: float, image_size: int, num_cla
     """A model with two outputs: the 1,280-d pooled features and the ImageNet logits.
     Input: (N, image_size, image_size, 3) float32, already scaled as (x - 127) / 128.
     Layer names carry no dots (the torch backend refuses them); `torch_name` maps them back."""
-    def relu6(x):
-        return keras.layers.ReLU(max_value=6.0)(x)
-
     inputs = keras.Input((image_size, image_size, 3), name="image")
     # "same" padding is TensorFlow's (pad more at the bottom/right), which the reference also uses.
-    x = relu6(keras.layers.Conv2D(STEM_CHANNELS, 3, strides=2, padding="same", name="_conv_stem")(inputs))
-    for block in lite_blocks(width, depth):
+    x = _relu6(keras.layers.Conv2D(STEM_CHANNELS, 3, strides=2, padding="same", name="_conv_stem")(inputs))
+    features = _blocks_and_head(x, lite_blocks(width, depth))
+    logits = keras.layers.Dense(num_classes, name="_fc")(features)
+    return keras.Model(inputs, [features, logits], name=name)
+
+
+def build_top(width: float, depth: float, input_shape: tuple, start_block: int,
+              name: str = "efficientnet_lite_top") -> keras.Model:
+    """The network from block `start_block` on, up to the pooled features: input is what enters
+    that block (see `block_input`), output the 1,280-d features. Its layers are named as in the
+    whole network, so weights copy across by name (what fine-tuning trains)."""
+    blocks = lite_blocks(width, depth)
+    if not 0 < start_block < len(blocks):
+        raise ValueError(f"start_block must be 1..{len(blocks) - 1}, got {start_block}")
+    inputs = keras.Input(tuple(input_shape), name="activations")
+    return keras.Model(inputs, _blocks_and_head(inputs, blocks[start_block:]), name=name)
+
+
+def block_input(model: keras.Model, start_block: int):
+    """The tensor of a whole network that enters block `start_block` (the previous block's output)."""
+    previous = f"blocks_{start_block - 1}_"
+    names = [layer.name for layer in model.layers]
+    return model.get_layer(previous + ("residual" if previous + "residual" in names else "project_conv")).output
+
+
+def _relu6(x):
+    return keras.layers.ReLU(max_value=6.0)(x)
+
+
+def _blocks_and_head(x, blocks: list[Block]):
+    for block in blocks:
         prefix = f"blocks_{block.index}_"
         shortcut = x
         if block.expansion != 1:
-            x = relu6(keras.layers.Conv2D(block.expanded_channels, 1, name=prefix + "expand_conv")(x))
-        x = relu6(keras.layers.DepthwiseConv2D(block.kernel, strides=block.stride, padding="same",
-                                               name=prefix + "depthwise_conv")(x))
+            x = _relu6(keras.layers.Conv2D(block.expanded_channels, 1, name=prefix + "expand_conv")(x))
+        x = _relu6(keras.layers.DepthwiseConv2D(block.kernel, strides=block.stride, padding="same",
+                                                name=prefix + "depthwise_conv")(x))
         x = keras.layers.Conv2D(block.out_channels, 1, name=prefix + "project_conv")(x)
         if block.has_residual:
             x = keras.layers.Add(name=prefix + "residual")([x, shortcut])
-    x = relu6(keras.layers.Conv2D(HEAD_CHANNELS, 1, name="_conv_head")(x))
-    features = keras.layers.GlobalAveragePooling2D(name="features")(x)
-    logits = keras.layers.Dense(num_classes, name="_fc")(features)
-    return keras.Model(inputs, [features, logits], name=name)
+    x = _relu6(keras.layers.Conv2D(HEAD_CHANNELS, 1, name="_conv_head")(x))
+    return keras.layers.GlobalAveragePooling2D(name="features")(x)
 
 
 def block_outputs(model: keras.Model, width: float, depth: float) -> list:
