@@ -560,6 +560,18 @@ def cmd_benchmark_heads(args) -> int:
     return 0
 
 
+def cmd_benchmark_adapt(args) -> int:
+    from loop.adapt import benchmark_adapt, json_line, print_report
+
+    results = benchmark_adapt([d for d in args.datasets.split(",") if d], args.repeats,
+                              views=args.views, start_block=args.start_block, data_dir=args.data,
+                              log=lambda line: print(line, file=sys.stderr))
+    print_report(results)
+    if args.json:
+        print(json_line(results))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loop", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -685,6 +697,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=argparse.SUPPRESS, help="data root (same as the global --data)")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     p.set_defaults(run=cmd_benchmark_heads)
+
+    p = sub.add_parser("benchmark-adapt", help="frozen backbone against augmented views and against "
+                       "fine-tuning its top blocks: accuracy at 1, 3, 10 labels per class, AUC, retrain time")
+    p.add_argument("--datasets", default="demo,fashion-mnist:2000")
+    p.add_argument("--repeats", type=int, default=3, help="random label draws per size")
+    p.add_argument("--views", type=int, default=4, help="augmented views per labeled image")
+    p.add_argument("--start-block", type=int, default=15, help="fine-tune from this block on")
+    p.add_argument("--data", default=argparse.SUPPRESS, help="data root (same as the global --data)")
+    p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    p.set_defaults(run=cmd_benchmark_adapt)
 
     p = sub.add_parser("study", help="train on random subsets of the labels, forecast the full pool, "
                        "then check the forecast there")

@@ -9,12 +9,15 @@ per class, or with `class_names=[...]` for a flat folder of unlabeled images.
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import itertools
 import os
+import tempfile
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,68 +92,153 @@ class Paths:
 
 # -- reading a folder ---------------------------------------------------------------------------
 
-def scan_folder(root: str | Path, labeled: bool
-                ) -> tuple[list[tuple[str, str | None]], list[str], list[tuple[str, str]]]:
-    """Find the image files under `root`.
+# Names sorted in memory at once when listing one folder: a longer listing is sorted in runs of
+# this many, spilled to temporary files and merged, so a folder of a million files costs the
+# memory of SORT_RUN names, not of a million, and still comes out in name order.
+SORT_RUN = 50_000
+# Files hashed and stored per transaction by an import: the database's write lock is held for one
+# chunk at a time (a fraction of a second), never for the whole folder, so people labeling other
+# projects meanwhile are not held up, and the rows in memory are one chunk's.
+IMPORT_CHUNK = 2_000
+_SUFFIXES = frozenset(os.fsencode(s) for s in IMAGE_SUFFIXES)
 
-    Returns ([(path relative to root, class name or None)], class names found, [(path, reason)]
-    for files refused outright). With `labeled`, each sub-folder of `root` is a class. Paths are
-    resolved and must stay inside `root`: a link that leads outside is refused, not followed.
-    """
+
+def folder_classes(root: str | Path, labeled: bool) -> tuple[Path, list[str]]:
+    """(`root` resolved, its class sub-folders, sorted): checked before anything is read or
+    stored. With `labeled`, each visible sub-folder of `root` is a class (at least 2, each a
+    plain folder name); without, there are none."""
     root = Path(root).expanduser()
     if not root.exists():
         raise ProjectError(f"folder '{root}' does not exist")
     if not root.is_dir():
         raise ProjectError(f"'{root}' is a file; give the folder that holds the images")
     root = root.resolve()
+    if not labeled:
+        return root, []
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise ProjectError(f"folder '{root}' has {len(classes)} class sub-folder(s); a labeled "
+                           "project needs one sub-folder per class (at least 2), or give a class "
+                           "list for a flat folder of unlabeled images")
+    from loop.paths import UnsafeNameError, check_name
+
+    for name in classes:    # a class name becomes a folder name again on export
+        try:
+            check_name(name, "class sub-folder")
+        except UnsafeNameError as exc:
+            raise ProjectError(f"folder '{root}': {exc}; rename that sub-folder (a class name "
+                               "is one plain folder name) and try again") from None
+    return root, classes
+
+
+def _spill(names: list[bytes]):
+    """A sorted run of names in a temporary file, NUL-separated (NUL is in no file name)."""
+    run = tempfile.TemporaryFile()
+    run.write(b"".join(name + b"\0" for name in names))
+    run.seek(0)
+    return run
+
+
+def _read_run(run) -> Iterator[bytes]:
+    with run:
+        rest = b""
+        while block := run.read(1 << 16):
+            *names, rest = (rest + block).split(b"\0")
+            yield from names
+
+
+def _listing(directory: bytes) -> tuple[list[bytes], Iterator[bytes]]:
+    """(sub-folder names, sorted; image file names, in sorted order, as a stream) of one folder,
+    read with os.scandir: hidden names (a leading dot) left out, links to folders not followed,
+    an unreadable folder listed as empty, as os.walk does."""
+    folders: list[bytes] = []
+    run: list[bytes] = []
+    runs = []
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith(b"."):
+                    continue
+                try:
+                    is_folder = entry.is_dir()
+                except OSError:
+                    is_folder = False
+                if is_folder:
+                    if not entry.is_symlink():
+                        folders.append(name)
+                elif os.path.splitext(name)[1].lower() in _SUFFIXES:
+                    run.append(name)
+                    if len(run) == SORT_RUN:
+                        runs.append(_spill(sorted(run)))
+                        run = []
+    except OSError:
+        pass
+    run.sort()
+    if not runs:
+        return sorted(folders), iter(run)
+    return sorted(folders), heapq.merge(*(_read_run(r) for r in runs), run)
+
+
+def _entry(root: Path, path: Path, label: str | None) -> tuple[str, str | None, str | None]:
+    relative = path.relative_to(root).as_posix()
+    try:
+        relative.encode("utf-8")
+    except UnicodeEncodeError:   # bytes that are no text: shown, never stored as is
+        shown = os.fsencode(relative).decode("utf-8", "backslashreplace")
+        return shown, None, f"the file name '{shown}' is not valid UTF-8 text; rename the file"
+    try:
+        inside = path.resolve().is_relative_to(root)
+    except (RuntimeError, OSError):   # a symlink loop (RuntimeError before 3.13)
+        return relative, None, f"'{relative}' is a symbolic link that loops; refused"
+    if not inside:
+        return relative, None, f"'{relative}' leads outside the project folder '{root}'; refused"
+    return relative, label, None
+
+
+def walk_folder(root: Path, classes: Sequence[str] = ()
+                ) -> Iterator[tuple[str, str | None, str | None]]:
+    """Stream the image files under `root` (as resolved by `folder_classes`): (path relative to
+    root, class name or None, None) for a file to import, (path, None, reason) for one refused
+    outright (a link leading outside `root` or looping, a name that is not UTF-8 text). With
+    `classes`, only those sub-folders are read, and their files carry the sub-folder's name.
+
+    Files come in name order within a folder, then its sub-folders depth first in name order (the
+    order of os.walk with sorted listings), so a folder always imports in the same order; the
+    paths are never all in memory at once."""
+    tops = [(root / c, c) for c in classes] if classes else [(root, None)]
+    for top, label in tops:
+        stack = [os.fsencode(top)]
+        while stack:
+            directory = stack.pop()
+            folders, files = _listing(directory)
+            for name in files:
+                yield _entry(root, Path(os.fsdecode(os.path.join(directory, name))), label)
+            stack.extend(os.path.join(directory, f) for f in reversed(folders))
+
+
+def _no_images(root: Path) -> str:
+    return f"folder '{root}' holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
+
+
+def scan_folder(root: str | Path, labeled: bool
+                ) -> tuple[list[tuple[str, str | None]], list[str], list[tuple[str, str]]]:
+    """Find the image files under `root`, as lists (an import streams `walk_folder` instead).
+
+    Returns ([(path relative to root, class name or None)], class names found, [(path, reason)]
+    for files refused outright). With `labeled`, each sub-folder of `root` is a class. Paths are
+    resolved and must stay inside `root`: a link that leads outside is refused, not followed.
+    """
+    root, classes = folder_classes(root, labeled)
     found: list[tuple[str, str | None]] = []
     refused: list[tuple[str, str]] = []
-    if labeled:
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if len(classes) < 2:
-            raise ProjectError(f"folder '{root}' has {len(classes)} class sub-folder(s); a labeled "
-                               "project needs one sub-folder per class (at least 2), or give a class "
-                               "list for a flat folder of unlabeled images")
-        from loop.paths import UnsafeNameError, check_name
-
-        for name in classes:    # a class name becomes a folder name again on export
-            try:
-                check_name(name, "class sub-folder")
-            except UnsafeNameError as exc:
-                raise ProjectError(f"folder '{root}': {exc}; rename that sub-folder (a class name "
-                                   "is one plain folder name) and try again") from None
-        tops = [(root / c, c) for c in classes]
-    else:
-        classes = []
-        tops = [(root, None)]
-    for top, label in tops:
-        for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for filename in sorted(filenames):
-                path = Path(dirpath) / filename
-                if path.suffix.lower() not in IMAGE_SUFFIXES or filename.startswith("."):
-                    continue
-                relative = path.relative_to(root).as_posix()
-                try:
-                    relative.encode("utf-8")
-                except UnicodeEncodeError:   # bytes that are no text: shown, never stored as is
-                    shown = os.fsencode(relative).decode("utf-8", "backslashreplace")
-                    refused.append((shown, f"the file name '{shown}' is not valid UTF-8 text; "
-                                           "rename the file"))
-                    continue
-                try:
-                    inside = path.resolve().is_relative_to(root)
-                except (RuntimeError, OSError):   # a symlink loop (RuntimeError before 3.13)
-                    refused.append((relative, f"'{relative}' is a symbolic link that loops; refused"))
-                    continue
-                if not inside:
-                    refused.append((relative, f"'{relative}' leads outside the project folder "
-                                              f"'{root}'; refused"))
-                    continue
-                found.append((relative, label))
+    for relative, label, reason in walk_folder(root, classes):
+        if reason is None:
+            found.append((relative, label))
+        else:
+            refused.append((relative, reason))
     if not found and not refused:
-        raise ProjectError(f"folder '{root}' holds no image files "
-                           f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise ProjectError(_no_images(root))
     return found, classes, refused
 
 
@@ -237,6 +325,7 @@ class Project:
         self.class_names = [c["name"] for c in self.class_rows]
         self.class_index = {c["id"]: i for i, c in enumerate(self.class_rows)}
         self.cache = EmbeddingCache(paths.cache, self.settings.backbone)
+        self._views: EmbeddingCache | None = None     # augmented views, opened on first use
 
     @classmethod
     def open(cls, name: str, data_dir: str | Path = "data") -> Project:
@@ -246,6 +335,10 @@ class Project:
     # -- preparation: embeddings, hold-out, seeds (each step idempotent, so a crash resumes) --
 
     def prepare(self, on_progress: Progress | None = None) -> None:
+        if import_unfinished(self.store, self.id):   # a hold-out drawn now would miss the rest
+            raise ProjectError(f"project '{self.name}': the import of folder '{self.root}' has not "
+                               "finished (it is running, or it stopped: create the project again "
+                               "with the same folder and classes to finish it)")
         self.embed(on_progress)
         if not self.store.images(self.id, split="holdout"):
             self.draw_holdout()
@@ -386,6 +479,40 @@ class Project:
         """Cached embeddings of `images` (store rows) under `backbone` (default the project's)."""
         return self.cache_for(backbone).get([i["hash"] for i in images])
 
+    def view_embeddings(self, image_ids: Sequence[int]) -> np.ndarray:
+        """(augment_views, N, D): embeddings of the augmented views of pool images `image_ids`,
+        embedded on first use (a few per new label) and cached beside the images' own, under
+        "<backbone>@views" keyed "<content hash>:<view>"."""
+        from models.augment import augmented_views
+        from models.backbones import load_backbone
+        from models.extract import embed_files
+
+        n_views = self.settings.augment_views
+        rows = {i["id"]: i for i in self.store.images(self.id, split="pool")}
+        images = [rows[int(i)] for i in image_ids]
+        name = f"{self.settings.backbone}@views"
+        if self._views is None or self._views.directory != Path(self.paths.cache) / name:
+            self._views = EmbeddingCache(self.paths.cache, name)
+        cache = self._views
+        keys = [[f"{i['hash']}:{v}" for i in images] for v in range(n_views)]
+        absent = set(cache.missing([k for view in keys for k in view]))
+        missing = sorted({j for view in keys for j, k in enumerate(view) if k in absent})
+        if missing:
+            network = load_backbone(self.settings.backbone)
+            for v in range(n_views):
+                for batch in embed_files([self.root / images[j]["path"] for j in missing],
+                                         lambda b, v=v: network.embed(augmented_views(b, 1, seed=v)[0]),
+                                         network.image_size,
+                                         max_pixels=int(self.settings.max_megapixels * 1e6),
+                                         max_bytes=int(self.settings.max_file_mb * 2**20)):
+                    if batch.failures:     # it embedded before: the file changed since
+                        j, reason = next(iter(batch.failures.items()))
+                        raise ProjectError(f"image '{images[missing[j]]['path']}' can no longer "
+                                           f"be read for its augmented views: {reason}")
+                    cache.add([keys[v][missing[j]] for j in batch.indices], batch.embeddings)
+        return np.stack([cache.get(keys[v]) for v in range(n_views)]) if len(images) else \
+            np.zeros((n_views, 0, 0), np.float32)
+
     # -- heads ------------------------------------------------------------------------------
 
     def current_head(self):
@@ -429,7 +556,12 @@ class Project:
             started = time.perf_counter()
             unlabeled = (self.unlabeled_pool(ids, head.spread_max_unlabeled, seed=len(ids))
                          if head.wants_unlabeled(y) else None)
-            head.fit(X, y, warm_start=previous, unlabeled=unlabeled)
+            if self.settings.augment_views:   # the views train the head; the counts stay labels
+                views = self.view_embeddings(ids)
+                head.fit(np.concatenate([X, *views]), np.concatenate([y] * (len(views) + 1)),
+                         warm_start=previous, unlabeled=unlabeled)
+            else:
+                head.fit(X, y, warm_start=previous, unlabeled=unlabeled)
             train_seconds = time.perf_counter() - started
             counts = {self.class_names[c]: int(n) for c, n in zip(*np.unique(y, return_counts=True))}
             n_auto = len(set(self.store.current_labels(self.id, "pool", last_event, source="auto")))
@@ -569,11 +701,47 @@ class Project:
         }
 
 
-def create_project(store: Store, name: str, folder: str | Path, paths: Paths,
-                   class_names: Sequence[str] | None = None, settings: Settings | None = None,
-                   on_progress: Progress | None = None) -> Project:
-    """Register every image under `folder` (hashing each), then embed, draw the hold-out set and
-    the seed labels. Files that cannot be read are kept as skipped, with their reason."""
+def import_unfinished(store: Store, project_id: int) -> bool:
+    """Whether the project's folder import started and has not finished (it is running, or it
+    was stopped: `create_project` with the same name, folder and classes finishes it)."""
+    return (bool(store.log_entries(project_id, "import", limit=1))
+            and not store.log_entries(project_id, "imported", limit=1))
+
+
+def _start_import(store: Store, name: str, root: Path, classes: list[str], settings: Settings
+                  ) -> tuple[int, Settings, set[str]]:
+    """(project id, its settings, the paths it holds already): a new project, stored with its
+    classes and an "import" mark in one transaction, or the project `name` whose import of the
+    same folder into the same classes stopped before its end."""
+    try:
+        row = store.project(name)
+    except StoreError:
+        row = None
+    if row is not None and import_unfinished(store, row["id"]):
+        stored_classes = [c["name"] for c in store.classes(row["id"])]
+        if row["root"] != str(root) or stored_classes != classes:
+            raise ProjectError(f"project '{name}' has an unfinished import of folder '{row['root']}' "
+                               f"into the classes {', '.join(stored_classes)}; give that folder and "
+                               "those classes to finish it, or choose another name")
+        return (row["id"], Settings.from_json(row["settings"]),
+                {i["path"] for i in store.images(row["id"], status=None)})
+    with store.transaction():   # the project and its import mark, or neither
+        project_id = store.create_project(name, str(root), settings.to_json(), classes)
+        store.log(project_id, "import", f"importing the image files of folder '{root}'")
+    return project_id, settings, set()
+
+
+def import_folder(store: Store, name: str, folder: str | Path,
+                  class_names: Sequence[str] | None = None, settings: Settings | None = None) -> int:
+    """Register every image file under `folder` as an image of a new project `name` (hashing
+    each), without embedding; returns the project's id. With `class_names`, a flat folder of
+    unlabeled images; without, one sub-folder per class. Files that cannot be read are kept as
+    skipped, with their reason.
+
+    The folder is read as a stream and stored IMPORT_CHUNK files per transaction, so a folder of
+    a million files is never in memory at once, nor holds the write lock for long. An import that
+    stopped (killed, a full disk) is finished by calling this again with the same name, folder
+    and classes: the files stored already are not read again."""
     from loop.paths import UnsafeNameError, check_name
 
     for class_name in class_names or ():
@@ -581,31 +749,52 @@ def create_project(store: Store, name: str, folder: str | Path, paths: Paths,
             check_name(class_name, "class name")
         except UnsafeNameError as exc:
             raise ProjectError(str(exc)) from None
-    settings = settings or Settings()
     labeled = class_names is None
-    found, folder_classes, refused = scan_folder(folder, labeled)
-    classes = folder_classes if labeled else list(dict.fromkeys(class_names))
-    root = Path(folder).expanduser().resolve()
-    rows = []
-    for relative, label in found:   # hashed before anything is stored: a bad file costs nothing
-        row = {"path": relative, "split": "pool", "label": label}
-        try:
-            row["hash"] = file_hash(root / relative, max_bytes=int(settings.max_file_mb * 2**20))
-        except ImageError as exc:
-            row.update(hash="", status="skipped", reason=str(exc))
-        rows.append(row)
-    rows += [{"path": p, "split": "pool", "label": None, "hash": "", "status": "skipped",
-              "reason": reason} for p, reason in refused]
+    root, found_classes = folder_classes(folder, labeled)
+    classes = found_classes if labeled else list(dict.fromkeys(class_names))
+    entries = walk_folder(root, found_classes)
+    first = next(entries, None)
+    if first is None:           # refused before anything is stored
+        raise ProjectError(_no_images(root))
+    entries = itertools.chain([first], entries)
     try:
-        with store.transaction():   # the project and its images, or nothing
-            project_id = store.create_project(name, str(root), settings.to_json(), classes)
-            class_ids = {c["name"]: c["id"] for c in store.classes(project_id)}
-            for row in rows:
-                label = row.pop("label")
-                row["known_class_id"] = class_ids[label] if label else None
-            store.add_images(project_id, rows)
+        project_id, settings, stored = _start_import(store, name, root, classes,
+                                                     settings or Settings())
+        class_ids = {c["name"]: c["id"] for c in store.classes(project_id)}
+        max_bytes = int(settings.max_file_mb * 2**20)
+        count = skipped = 0
+        while chunk := list(itertools.islice(entries, IMPORT_CHUNK)):
+            rows = []
+            for relative, label, reason in chunk:
+                if relative in stored:
+                    continue
+                row = {"path": relative, "split": "pool", "hash": "", "status": "ok",
+                       "reason": None, "known_class_id": class_ids[label] if label else None}
+                if reason is None:
+                    try:
+                        row["hash"] = file_hash(root / relative, max_bytes=max_bytes)
+                    except ImageError as exc:
+                        reason = str(exc)
+                if reason is not None:
+                    row.update(status="skipped", reason=reason)
+                    skipped += 1
+                rows.append(row)
+            store.add_images(project_id, rows)    # one transaction per chunk
+            count += len(rows)
+        store.log(project_id, "imported", f"{count:,} image files of folder '{root}' stored "
+                                          f"({skipped:,} skipped)")
     except StoreError as exc:
         raise ProjectError(str(exc)) from None
+    return project_id
+
+
+def create_project(store: Store, name: str, folder: str | Path, paths: Paths,
+                   class_names: Sequence[str] | None = None, settings: Settings | None = None,
+                   on_progress: Progress | None = None) -> Project:
+    """Register every image under `folder` (`import_folder`: streamed, hashed, stored in chunks;
+    called again, it finishes a stopped import), then embed, draw the hold-out set and the seed
+    labels. Files that cannot be read are kept as skipped, with their reason."""
+    import_folder(store, name, folder, class_names, settings)
     project = Project(store, name, paths)
     project.prepare(on_progress)
     return project
@@ -625,8 +814,10 @@ def open_or_create_dataset_project(spec: str, paths: Paths, name: str | None = N
                 else folder.resolve().name.replace(" ", "_"))
     store = Store(paths.database)
     try:
-        store.project(name)
+        row = store.project(name)
     except StoreError:
+        row = None
+    if row is None or import_unfinished(store, row["id"]):   # new, or the rest of a stopped import
         return create_project(store, name, folder, paths, settings=settings, on_progress=on_progress)
     project = Project(store, name, paths)
     project.prepare(on_progress)

@@ -72,6 +72,9 @@ class Settings:
     draft_max_age_seconds: float = 600.0   # answers pending longer are submitted by the trainer
     max_file_mb: float = 100.0
     max_megapixels: float = 50.0
+    augment_views: int = 0            # augmented views (flip, turn, zoom, contrast) of each
+                                      # labeled pool image the head also trains on; off: see
+                                      # bench/README.md, Fine-tuning and augmentation
     head: HeadSettings = field(default_factory=HeadSettings)
 
     def __post_init__(self):
@@ -92,6 +95,8 @@ class Settings:
             raise ValueError(f"overlap_share must lie in [0, 1], got {self.overlap_share}")
         if self.lease_minutes <= 0 or self.draft_max_age_seconds <= 0:
             raise ValueError("lease_minutes and draft_max_age_seconds must be positive")
+        if not 0 <= self.augment_views <= 8:
+            raise ValueError(f"augment_views must be 0 (off) to 8, got {self.augment_views}")
         if self.max_file_mb <= 0 or self.max_megapixels <= 0:
             raise ValueError("max_file_mb and max_megapixels must be positive")
         from loop.strategies import get_strategy
