@@ -2,7 +2,7 @@
 per test session (initdb in a temporary folder, a unix socket there and a free local port), a fresh
 database per test, stopped when the session ends. Where the server cannot run (no PostgreSQL
 binaries, no psycopg, or root with no unprivileged user to run it as), the PostgreSQL cases are
-skipped and say why; the SQLite cases always run.
+skipped and say why; the SQLite cases always run. The PostgreSQL cases are marked slow.
 
 A test module takes the store on both databases by importing the fixtures:
 
@@ -27,7 +27,9 @@ from pathlib import Path
 
 import pytest
 
-BACKENDS = ("sqlite", "postgresql")
+# The PostgreSQL cases run with `-m slow` (as tests/conftest.py files other backends), the SQLite
+# ones in the default run.
+BACKENDS = ("sqlite", pytest.param("postgresql", marks=pytest.mark.slow))
 # Run the store's tests on SQLite only (a test of SQLite's own files: WAL, PRAGMAs, backups).
 sqlite_only = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 

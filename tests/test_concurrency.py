@@ -7,6 +7,9 @@ import pytest
 
 from tests.conftest import REPO, SHARED_DATA
 
+# Both tests on SQLite and on PostgreSQL: JUICER_DB names the test's database for the processes.
+from tests.postgres import backend, database, postgres_server, use_backend  # noqa: F401
+
 sys.path.insert(0, str(REPO / "bench"))
 
 pytestmark = pytest.mark.slow

@@ -281,8 +281,9 @@ def test_backup_while_writing_and_restore(tmp_path):
         store.restore(tmp_path / "junk.db")
 
 
-# -- PostgreSQL's own cases ---------------------------------------------------------------------
+# -- PostgreSQL's own cases (slow, as every PostgreSQL case: see tests/postgres.py) --------------
 
+@pytest.mark.slow
 def test_a_postgres_url_or_juicer_db_names_the_database(postgres_server, tmp_path, monkeypatch):
     from loop.project import Paths
 
@@ -299,6 +300,7 @@ def test_a_postgres_url_or_juicer_db_names_the_database(postgres_server, tmp_pat
     assert Paths(tmp_path).database == tmp_path / "juicer.db"
 
 
+@pytest.mark.slow
 def test_a_dropped_postgres_database_is_one_clear_error(postgres_server):
     import psycopg
 
@@ -313,6 +315,7 @@ def test_a_dropped_postgres_database_is_one_clear_error(postgres_server):
             store.add_labels(pid, [(1, "a")], "ana", "human")
 
 
+@pytest.mark.slow
 def test_backup_of_a_postgres_database_says_to_use_pg_dump(postgres_server, tmp_path):
     store = Store(postgres_server.new_database())
     with pytest.raises(StoreError, match="is a PostgreSQL database: use .*pg_dump"):
