@@ -737,23 +737,23 @@ class Store:
                 return Outcome("conflict", image_id, f"image {image_id}: {reason}; your answer is kept "
                                                      "as a conflict for the lead, not as the label")
             if holder is None:
-                self.db.execute(_replace_sql(
-                                "leases", ("project_id", "image_id", "annotator", "leased_at",
-                                           "expires_at", "origin", "position"),
-                                "?, ?, ?, ?, ?, (SELECT origin FROM queue_items WHERE project_id = ? "
-                                "AND image_id = ?), (SELECT coalesce(max(position), 0) + 1 FROM "
-                                "leases WHERE project_id = ? AND annotator = ?)"),
-                                [project_id, image_id, annotator, shown["shown_at"], now + lease_seconds,
-                                 project_id, image_id, project_id, annotator])
+                self.db.execute(
+                    _replace_sql("leases", ("project_id", "image_id", "annotator", "leased_at",
+                                            "expires_at", "origin", "position"),
+                                 "?, ?, ?, ?, ?, (SELECT origin FROM queue_items WHERE project_id = ? "
+                                 "AND image_id = ?), (SELECT coalesce(max(position), 0) + 1 FROM "
+                                 "leases WHERE project_id = ? AND annotator = ?)"),
+                    [project_id, image_id, annotator, shown["shown_at"], now + lease_seconds,
+                     project_id, image_id, project_id, annotator])
             if flag:
                 class_id = None
-            self.db.execute(_replace_sql(
-                            "drafts", ("project_id", "annotator", "image_id", "class_id", "skipped",
-                                       "created_at", "origin", "shown_at", "flagged"),
-                            "?, ?, ?, ?, ?, ?, (SELECT origin FROM leases WHERE project_id = ? AND "
-                            "image_id = ?), ?, ?"),
-                            [project_id, annotator, image_id, class_id, int(class_id is None), now,
-                             project_id, image_id, shown["shown_at"], int(flag)])
+            self.db.execute(
+                _replace_sql("drafts", ("project_id", "annotator", "image_id", "class_id", "skipped",
+                                        "created_at", "origin", "shown_at", "flagged"),
+                             "?, ?, ?, ?, ?, ?, (SELECT origin FROM leases WHERE project_id = ? AND "
+                             "image_id = ?), ?, ?"),
+                [project_id, annotator, image_id, class_id, int(class_id is None), now,
+                 project_id, image_id, shown["shown_at"], int(flag)])
             self.db.execute("UPDATE leases SET expires_at = ? WHERE project_id = ? AND annotator = ? "
                             "AND expires_at < ?", [now + lease_seconds, project_id, annotator,
                                                    now + lease_seconds])
