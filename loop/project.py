@@ -100,6 +100,7 @@ SORT_RUN = 50_000
 # chunk at a time (a fraction of a second), never for the whole folder, so people labeling other
 # projects meanwhile are not held up, and the rows in memory are one chunk's.
 IMPORT_CHUNK = 2_000
+_RUN_BLOCK = 1 << 16             # bytes read back from each spilled run at a time
 _SUFFIXES = frozenset(os.fsencode(s) for s in IMAGE_SUFFIXES)
 
 
@@ -133,7 +134,7 @@ def folder_classes(root: str | Path, labeled: bool) -> tuple[Path, list[str]]:
 
 def _spill(names: list[bytes]):
     """A sorted run of names in a temporary file, NUL-separated (NUL is in no file name)."""
-    run = tempfile.TemporaryFile()
+    run = tempfile.TemporaryFile(buffering=0)   # noqa: SIM115 (open until merged; read in blocks)
     run.write(b"".join(name + b"\0" for name in names))
     run.seek(0)
     return run
@@ -142,7 +143,7 @@ def _spill(names: list[bytes]):
 def _read_run(run) -> Iterator[bytes]:
     with run:
         rest = b""
-        while block := run.read(1 << 16):
+        while block := run.read(_RUN_BLOCK):
             *names, rest = (rest + block).split(b"\0")
             yield from names
 
@@ -779,8 +780,9 @@ def import_folder(store: Store, name: str, folder: str | Path,
                     row.update(status="skipped", reason=reason)
                     skipped += 1
                 rows.append(row)
-            store.add_images(project_id, rows)    # one transaction per chunk
-            count += len(rows)
+            if rows:
+                store.add_images(project_id, rows)    # one transaction per chunk
+                count += len(rows)
         store.log(project_id, "imported", f"{count:,} image files of folder '{root}' stored "
                                           f"({skipped:,} skipped)")
     except StoreError as exc:

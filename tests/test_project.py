@@ -1,17 +1,21 @@
 import os
 import shutil
 import threading
+import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import loop.project as project_module
 from loop.project import Paths, Project, ProjectError, create_project, stratified_groups
 from loop.queue import next_queries
 from loop.settings import Settings
 from loop.store import Store
 from loop.trainer import Trainer
+from models.images import IMAGE_SUFFIXES
 
 CLASSES = ("Cat", "Cow", "Zebra")
 
@@ -343,3 +347,116 @@ def test_each_feature_option_has_its_own_cache_and_is_never_embedded_twice(tmp_p
     other = create_project(Store(fresh.database), "b", root, fresh,
                            settings=Settings(backbone="efficientnet-lite0+flip"))
     np.testing.assert_array_equal(other.cache.get(hashes), flipped)
+
+
+# -- streaming folder import ------------------------------------------------------------------
+
+def walked_as_before(root, classes):
+    """The scan before it streamed: os.walk, every listing sorted, hidden names left out."""
+    found = []
+    for top, label in ([(root / c, c) for c in classes] or [(root, None)]):
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for filename in sorted(filenames):
+                path = Path(dirpath) / filename
+                if path.suffix.lower() in IMAGE_SUFFIXES and not filename.startswith("."):
+                    found.append((path.relative_to(root).as_posix(), label, None))
+    return found
+
+
+def test_the_streamed_scan_keeps_the_sorted_walk_order_across_spilled_runs(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "animals"
+    names = [f"{rng.integers(10**6)}{rng.choice(['', 'a', 'B', 'é', '_'])}.{ext}"
+             for ext in rng.choice(["png", "JPG", "txt", "webp"], size=60)]
+    for where in ("Cat", "Cat/older", "Cat/older/.cache", "Cat/Zoo", "Cow", ".hidden"):
+        (root / where).mkdir(parents=True)
+        for name in rng.permutation(names)[:40]:      # created in no particular order
+            (root / where / name).touch()
+    (root / "Cow" / ".x.png").touch()
+    (root / "Cow" / "link").symlink_to(root / "Cat", target_is_directory=True)   # not followed
+    monkeypatch.setattr(project_module, "SORT_RUN", 7)    # several runs per folder, merged
+    monkeypatch.setattr(project_module, "_RUN_BLOCK", 16)  # and read back a few names at a time
+    root = root.resolve()
+    for classes in (["Cat", "Cow"], []):
+        expected = walked_as_before(root, classes)
+        assert len(expected) > 60
+        assert list(project_module.walk_folder(root, classes)) == expected
+
+
+def test_a_scan_holds_a_run_of_names_not_the_whole_folder(tmp_path, monkeypatch):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(4000):
+        (flat / f"{i:06d}.png").touch()
+    monkeypatch.setattr(project_module, "SORT_RUN", 100)
+    monkeypatch.setattr(project_module, "_RUN_BLOCK", 256)
+
+    def peak(work):
+        tracemalloc.start()
+        try:
+            result = work()
+            return result, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    count, streamed = peak(lambda: sum(1 for _ in project_module.walk_folder(flat.resolve())))
+    listed, in_a_list = peak(lambda: list(project_module.walk_folder(flat.resolve())))
+    assert count == len(listed) == 4000
+    assert streamed * 3 < in_a_list, (streamed, in_a_list)
+
+
+def test_an_import_is_stored_in_chunks_and_a_stopped_one_finishes_without_rereading(
+        tmp_path, demo_folder, paths, monkeypatch):
+    root = small_folder(demo_folder, tmp_path / "animals")
+    (root / "Cat" / "empty.png").write_bytes(b"")
+    shutil.copy(next((root / "Cat").glob("*.png")), tmp_path / "secret.png")
+    (root / "Cow" / "link.png").symlink_to(tmp_path / "secret.png")   # refused while scanning
+    monkeypatch.setattr(project_module, "IMPORT_CHUNK", 8)
+    store = Store(paths.database)
+    chunks = []
+    add_images = store.add_images
+    monkeypatch.setattr(store, "add_images", lambda pid, rows: (chunks.append(len(rows)),
+                                                                add_images(pid, rows))[1])
+    hashed = []
+    file_hash = project_module.file_hash
+
+    def killed_at_the_21st(path, max_bytes=None):
+        hashed.append(path)
+        if len(hashed) == 21:
+            raise KeyboardInterrupt       # a kill in the middle of the third chunk
+        return file_hash(path, max_bytes=max_bytes)
+
+    monkeypatch.setattr(project_module, "file_hash", killed_at_the_21st)
+    with pytest.raises(KeyboardInterrupt):
+        create_project(store, "animals", root, paths, settings=Settings(seeds_per_class=2))
+    assert chunks == [8, 8]                             # one transaction each, and nothing more
+    stopped = Project(store, "animals", paths)
+    assert len(store.images(stopped.id, status=None)) == 16
+    with pytest.raises(ProjectError, match="has not finished"):
+        stopped.prepare()                               # no hold-out drawn from half a folder
+    with pytest.raises(ProjectError, match="unfinished import of folder"):
+        create_project(store, "animals", root, paths, class_names=["a", "b"])
+
+    hashed.clear()
+    monkeypatch.setattr(project_module, "file_hash", lambda path, max_bytes=None: (
+        hashed.append(path), file_hash(path, max_bytes=max_bytes))[1])
+    project = create_project(store, "animals", root, paths)
+    assert len(hashed) == 16 - 1          # the 16 files left but the refused link: none stored is read
+    assert chunks == [8, 8, 8, 8]                       # 32 files: 30 images, 2 refused
+    status = project.status()
+    assert status["images"] == 30 and project.store.images(project.id, split="holdout")
+    assert dict(status["skipped"]).keys() == {"Cat/empty.png", "Cow/link.png"}
+
+    monkeypatch.setattr(project_module, "file_hash", file_hash)
+    again = Paths(tmp_path / "again", cache_dir=paths.cache)
+    whole = create_project(Store(again.database), "animals", root, again)   # in one go
+
+    def rows(p):
+        names = {c["id"]: c["name"] for c in p.class_rows}
+        return [(i["path"], i["hash"], i["status"], i["reason"], names.get(i["known_class_id"]))
+                for i in p.store.images(p.id, status=None)]
+
+    assert rows(project) == rows(whole)
+    with pytest.raises(ProjectError, match="already exists"):
+        create_project(store, "animals", root, paths)
