@@ -121,6 +121,31 @@ def test_retrain_stores_version_and_scored_holdout(tmp_path, demo_folder, paths)
     assert all(q.model_version == 2 and q.suggestion in CLASSES for q in queries)
 
 
+def test_a_strategy_ranks_a_bounded_random_sample_of_a_big_pool(demo_project, monkeypatch):
+    """Past MAX_CANDIDATES unlabeled pool images the strategy sees (and the queue reads the
+    embeddings of) a random sample of that many, drawn afresh each time: time and memory stay
+    bounded however big the pool."""
+    import loop.queue
+
+    read: list[list[int]] = []
+    embeddings_of = demo_project.embeddings_of
+
+    def spy(images, backbone=None):
+        read.append([i["id"] for i in images])
+        return embeddings_of(images, backbone)
+
+    monkeypatch.setattr(loop.queue, "MAX_CANDIDATES", 120)
+    monkeypatch.setattr(demo_project, "embeddings_of", spy)
+    head, _ = demo_project.current_head()
+    assert len(demo_project.store.images(demo_project.id, split="pool")) > 1000
+    first = next_queries(demo_project, 10, head=head, rng=np.random.default_rng(1))
+    second = next_queries(demo_project, 10, head=head, rng=np.random.default_rng(2))
+    assert len(read) == 2 and all(len(ids) == 120 for ids in read)
+    assert set(read[0]) != set(read[1])
+    assert len(first) == len(second) == 10
+    assert {q.image_id for q in first if q.split == "pool"} <= set(read[0])
+
+
 def test_flat_folder_asks_for_holdout_labels_interleaved(tmp_path, demo_folder, paths):
     root = small_folder(demo_folder, tmp_path / "flat", labeled=False)
     project = create_project(Store(paths.database), "flat", root, paths, class_names=list(CLASSES),
