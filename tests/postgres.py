@@ -4,12 +4,13 @@ database per test, stopped when the session ends. Where the server cannot run (n
 binaries, no psycopg, or root with no unprivileged user to run it as), the PostgreSQL cases are
 skipped and say why; the SQLite cases always run. The PostgreSQL cases are marked slow.
 
-A test module takes the store on both databases by importing the fixtures:
+A test module takes the store on both databases by importing the fixtures (pytest finds them in
+the module's names; no conftest needed):
 
     from tests.postgres import backend, database, postgres_server   # noqa: F401
 
-`database` is a SQLite file or a PostgreSQL URL (pass it to `Store`); `use_backend` (autouse where
-imported) points `JUICER_DB` at the test's PostgreSQL database, so code that opens the store from
+`database` is a SQLite file or a PostgreSQL URL (pass it to `Store`). Importing `use_backend` too
+(autouse) points `JUICER_DB` at the test's PostgreSQL database, so code that opens the store from
 a data root (`Paths.database`), in this process or in the processes it starts, uses it.
 """
 
@@ -19,6 +20,7 @@ import glob
 import itertools
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -39,7 +41,9 @@ def _binaries() -> Path | None:
     found = shutil.which("pg_ctl")
     if found and shutil.which("initdb"):
         return Path(os.path.realpath(found)).parent
-    for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+    newest_first = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True,
+                          key=lambda f: [int(n) for n in re.findall(r"\d+", f)])
+    for folder in newest_first:
         if Path(folder, "initdb").exists() and Path(folder, "pg_ctl").exists():
             return Path(folder)
     return None
@@ -59,7 +63,10 @@ class PostgresServer:
         binaries = _binaries()
         if binaries is None:
             raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
-        import psycopg  # noqa: F401  (the store's PostgreSQL driver: tests/requirements.txt)
+        try:
+            import psycopg  # noqa: F401  (the store's PostgreSQL driver)
+        except ImportError:
+            raise RuntimeError("psycopg is not installed (pip install 'psycopg[binary]')") from None
 
         self.folder = Path(tempfile.mkdtemp(prefix="juicer-pg-"))
         self.run_as: dict = {}
@@ -78,14 +85,18 @@ class PostgresServer:
         self.port = _free_port()
         self.data = self.folder / "data"
         self._pg_ctl = str(binaries / "pg_ctl")
-        self._run([str(binaries / "initdb"), "-D", str(self.data), "-U", "juicer", "--auth=trust",
-                   "--encoding=UTF8", "--no-locale", "--no-sync"])
         # Durability is not under test here: no fsync makes a fresh database per test cheap.
         options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} "
                    f"-c unix_socket_directories={self.folder} -c fsync=off -c synchronous_commit=off "
                    "-c full_page_writes=off -c max_connections=300 -c shared_buffers=32MB")
-        self._run([self._pg_ctl, "-D", str(self.data), "-l", str(self.folder / "server.log"),
-                   "-w", "-t", "60", "-o", options, "start"])
+        try:
+            self._run([str(binaries / "initdb"), "-D", str(self.data), "-U", "juicer",
+                       "--auth=trust", "--encoding=UTF8", "--no-locale", "--no-sync"])
+            self._run([self._pg_ctl, "-D", str(self.data), "-l", str(self.folder / "server.log"),
+                       "-w", "-t", "60", "-o", options, "start"])
+        except BaseException:
+            self.stop()
+            raise
         self._names = itertools.count()
         self._template = ""
 
@@ -129,7 +140,8 @@ class PostgresServer:
 
     def stop(self) -> None:
         try:
-            self._run([self._pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop"])
+            if (self.data / "postmaster.pid").exists():
+                self._run([self._pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop"])
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -145,7 +157,7 @@ def postgres_server(request) -> PostgresServer:
     if _server is None and _unavailable is None:
         try:
             _server = PostgresServer()
-        except (RuntimeError, ImportError, OSError, subprocess.SubprocessError) as exc:
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             _unavailable = str(exc)
         else:
             request.config.add_cleanup(_server.stop)
