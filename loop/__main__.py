@@ -6,6 +6,7 @@
     python -m loop token create ana --role annotator        # prints ana's token once
     python -m loop label birds --token TOKEN 17=robin 18=wren
     python -m loop retrain birds
+    python -m loop embed birds --engine ray                    # or --folder DIR; resumable
     python -m loop auto-accept birds --precision 0.95          # preview; --now, --on, --off, --undo
     python -m loop settings birds --set overlap_share=0.1
     python -m loop export birds --format csv --out birds.csv
@@ -218,6 +219,39 @@ def cmd_backup(args) -> int:
     else:
         store.restore(args.file)
         print(f"restored {store.path} from {args.file}; restart the app to see it everywhere")
+    return 0
+
+
+def cmd_embed(args) -> int:
+    import importlib.util
+
+    from loop.ray_embed import embed_folder, embed_project
+
+    if bool(args.name) == bool(args.folder):
+        raise ValueError("give a project NAME or --folder DIR (not both)")
+    if args.engine == "ray" and importlib.util.find_spec("ray") is None:   # before any work
+        raise ValueError("--engine ray needs Ray Data: pip install 'ray[data]==2.60.0', "
+                         "or use --engine local")
+    options = {"engine": args.engine, "actors": args.actors, "address": args.address,
+               "on_progress": _progress("embedding")}
+    if args.name:
+        summary = embed_project(_open(args), args.backbone, **options)
+    else:
+        from loop.embeddings import EmbeddingCache
+        from loop.project import Paths
+        from loop.settings import Settings
+        from models.backbones import DEFAULT_BACKBONE
+
+        backbone, limits = args.backbone or DEFAULT_BACKBONE, Settings()
+        summary = embed_folder(args.folder, EmbeddingCache(Paths(Path(args.data)).cache, backbone),
+                               backbone, max_pixels=int(limits.max_megapixels * 1e6),
+                               max_bytes=int(limits.max_file_mb * 2**20), **options)
+    rate = summary["embedded"] / summary["seconds"] if summary["embedded"] else 0
+    print(f"{summary['images']:,} images: {summary['cached']:,} cached already, "
+          f"{summary['embedded']:,} embedded in {summary['seconds']:.1f} s ({rate:.1f} images/s, "
+          f"engine {summary['engine']}), {len(summary['skipped']):,} skipped")
+    for path, reason in summary["skipped"]:
+        print(f"  {path}: {reason}")
     return 0
 
 
@@ -601,6 +635,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="counts, skipped files, latest accuracy")
     p.add_argument("name")
     p.set_defaults(run=cmd_status)
+
+    p = sub.add_parser("embed", help="embed a project's images (or a folder's) into the cache, on "
+                       "this process or on a Ray cluster; resumes where a stopped run left off")
+    p.add_argument("name", nargs="?", help="the project (or give --folder)")
+    p.add_argument("--folder", help="a folder of images to embed, sub-folders too, without a project")
+    p.add_argument("--backbone", help="a registered backbone or feature option (default: the "
+                   "project's, or efficientnet-lite0)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process (default); ray: Ray Data, backbone actors on GPUs "
+                   "where the cluster has them (pip install 'ray[data]')")
+    p.add_argument("--actors", type=int, help="backbone actors (default: one per GPU, or one per "
+                   "8 CPUs)")
+    p.add_argument("--address", help="a Ray cluster to join ('auto': this machine's); default: "
+                   "start a local Ray instance on every core")
+    p.set_defaults(run=cmd_embed)
 
     p = sub.add_parser("retrain", help="train a new head now and score it")
     p.add_argument("name")
