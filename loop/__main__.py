@@ -749,7 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("benchmark-adapt", help="frozen backbone against augmented views and against "
                        "fine-tuning its top blocks: accuracy at 1, 3, 10 labels per class, AUC, retrain time")
-    p.add_argument("--datasets", default="demo,fashion-mnist:2000")
+    p.add_argument("--datasets", default="demo,fashion-mnist")
     p.add_argument("--repeats", type=int, default=3, help="random label draws per size")
     p.add_argument("--views", type=int, default=4, help="augmented views per labeled image")
     p.add_argument("--start-block", type=int, default=15, help="fine-tune from this block on")

@@ -2,7 +2,7 @@
 augmented views of each labeled image and against fine-tuning the backbone's top blocks, on the
 same hold-out and the same label draws, in the same run:
 
-    python -m loop benchmark-adapt --datasets demo,fashion-mnist:2000 --repeats 3 --json
+    python -m loop benchmark-adapt --datasets demo,fashion-mnist --repeats 3 --json
 
 Labels are drawn k per class at random from the pool (seed r, as the random strategy's replay
 draws them and as benchmark-heads does) for k = 1, 3, 10; every variant then trains the product's

@@ -60,6 +60,7 @@ def test_split_network_computes_the_same_features(split_lite0):
     assert top.get_layer("_conv_head") is not backbone.network.get_layer("_conv_head")
 
 
+@pytest.mark.slow
 def test_fine_tune_learns_and_leaves_the_original(split_lite0):
     from models.finetune import features, fine_tune
 
