@@ -59,7 +59,7 @@ def _run(paths: list[Path], fn, size: int) -> np.ndarray:
 def adapt_dataset(project: Project, repeats: int, views: int = VIEWS, start_block: int = START_BLOCK,
                   per_class=PER_CLASS, log=print) -> dict:
     """{variant: {"acc_at_Kpc": [per repeat], "retrain_s": [...]}} plus "_sizes" for one project."""
-    from models.augment import augmented_views
+    from models.augment import view_embedder
     from models.backbones import BACKBONES, load_backbone
     from models.finetune import features, fine_tune, split
 
@@ -79,9 +79,8 @@ def adapt_dataset(project: Project, repeats: int, views: int = VIEWS, start_bloc
 
     started = time.perf_counter()
     at = {int(row): j for j, row in enumerate(drawn)}
-    view_embeddings = np.stack([_run(_files(project, [pool[i] for i in drawn]),
-                                     lambda b, v=v: backbone.embed(augmented_views(b, 1, seed=v)[0]), size)
-                                for v in range(views)])           # (views, drawn, D)
+    view_embeddings = (_run(_files(project, [pool[i] for i in drawn]), view_embedder(backbone.embed, views), size)
+                       .reshape(len(drawn), views, -1).transpose(1, 0, 2))    # (views, drawn, D)
     seconds_per_view = (time.perf_counter() - started) / (views * len(drawn))
     log(f"  {views} views of {len(drawn)} drawn images: {seconds_per_view * 1000:.0f} ms per view")
 

@@ -484,7 +484,7 @@ class Project:
         """(augment_views, N, D): embeddings of the augmented views of pool images `image_ids`,
         embedded on first use (a few per new label) and cached beside the images' own, under
         "<backbone>@views" keyed "<content hash>:<view>"."""
-        from models.augment import augmented_views
+        from models.augment import view_embedder
         from models.backbones import load_backbone
         from models.extract import embed_files
 
@@ -500,17 +500,17 @@ class Project:
         missing = sorted({j for view in keys for j, k in enumerate(view) if k in absent})
         if missing:
             network = load_backbone(self.settings.backbone)
-            for v in range(n_views):
-                for batch in embed_files([self.root / images[j]["path"] for j in missing],
-                                         lambda b, v=v: network.embed(augmented_views(b, 1, seed=v)[0]),
-                                         network.image_size,
-                                         max_pixels=int(self.settings.max_megapixels * 1e6),
-                                         max_bytes=int(self.settings.max_file_mb * 2**20)):
-                    if batch.failures:     # it embedded before: the file changed since
-                        j, reason = next(iter(batch.failures.items()))
-                        raise ProjectError(f"image '{images[missing[j]]['path']}' can no longer "
-                                           f"be read for its augmented views: {reason}")
-                    cache.add([keys[v][missing[j]] for j in batch.indices], batch.embeddings)
+            for batch in embed_files([self.root / images[j]["path"] for j in missing],
+                                     view_embedder(network.embed, n_views), network.image_size,
+                                     max_pixels=int(self.settings.max_megapixels * 1e6),
+                                     max_bytes=int(self.settings.max_file_mb * 2**20)):
+                if batch.failures:     # it embedded before: the file changed since
+                    j, reason = next(iter(batch.failures.items()))
+                    raise ProjectError(f"image '{images[missing[j]]['path']}' can no longer "
+                                       f"be read for its augmented views: {reason}")
+                per_view = batch.embeddings.reshape(len(batch.indices), n_views, -1)
+                for v in range(n_views):
+                    cache.add([keys[v][missing[j]] for j in batch.indices], per_view[:, v])
         return np.stack([cache.get(keys[v]) for v in range(n_views)]) if len(images) else \
             np.zeros((n_views, 0, 0), np.float32)
 

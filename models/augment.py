@@ -47,3 +47,12 @@ def augmented_views(batch: np.ndarray, views: int, seed: int = 0) -> np.ndarray:
         view = keras.ops.convert_to_numpy(pipeline(seed + 10 * v)(floats, training=True))
         out[v] = np.clip(np.rint(view), 0, 255).astype(np.uint8)
     return out
+
+
+def view_embedder(embed, views: int):
+    """For `embed_files`: a (N, S, S, 3) uint8 -> (N, views x D) function giving the embeddings
+    of `views` views of each image (view v as `augmented_views(batch, 1, seed=v)`), so each file
+    is decoded once for all its views."""
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.concatenate([embed(augmented_views(batch, 1, seed=v)[0]) for v in range(views)], axis=1)
+    return run
