@@ -319,7 +319,8 @@ def cmd_replay(args) -> int:
                   seed_per_class=args.seed_per_class, batch=args.batch, budget=args.budget,
                   seed=args.seed, data_dir=args.data, backbone=args.backbone,
                   holdout_size=args.holdout_size, on_progress=_progress("embedding"),
-                  auto_accept=args.auto_accept, seed_picker=args.seeds)
+                  auto_accept=args.auto_accept, seed_picker=args.seeds,
+                  review_every=args.review_every, review_size=args.review_size)
     if rows:
         first, last = rows[0], rows[-1]
         print(f"hold-out accuracy {first['accuracy']:.3f} at {first['labels']} labels -> "
@@ -356,6 +357,28 @@ def cmd_benchmark_strategies(args) -> int:
         write_json(results, args.dataset, path, command="python3 -m loop " + " ".join(
             shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else None)
         print(f"wrote {path}")
+    return 0
+
+
+def cmd_benchmark_noise(args) -> int:
+    import json
+    import shlex
+
+    from loop.benchmark import dataset_label
+    from loop.noise import benchmark_noise, print_table, write_json
+
+    result = benchmark_noise(args.dataset, args.noise, args.repeats, args.budget, args.batch,
+                             Path(args.out) / dataset_label(args.dataset), data_dir=args.data,
+                             review_every=args.review_every, review_size=args.review_size)
+    print_table(result, args.dataset)
+    path = Path("bench/results/noise.json")
+    write_json(result, args.dataset, path, "python3 -m loop " + " ".join(
+        shlex.quote(a) for a in sys.argv[1:]))
+    print(f"wrote {path}")
+    if args.json:
+        keys = ("precision_at_5pct", "recall_at_5pct", "labels_to_95", "runs_reaching_95",
+                "full_accuracy", "budget", "runs")
+        print(json.dumps({dataset_label(args.dataset): {k: result[k] for k in keys}}))
     return 0
 
 
@@ -713,8 +736,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout-size", type=int, default=500)
     p.add_argument("--auto-accept", type=float, metavar="PRECISION",
                    help="after each retrain, auto-accept pool images at this hold-out precision")
+    p.add_argument("--review-every", type=int, default=0, metavar="BATCHES",
+                   help="every this many batches, judge the labels and review the top suspects "
+                   "from ground truth (each review counted against the budget)")
+    p.add_argument("--review-size", type=int, default=0, metavar="N", help="suspects per review")
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_replay)
+
+    p = sub.add_parser("benchmark-noise", help="wrong labels found (precision and recall of the top "
+                       "5%% suspects) and labels to 95%% with a noisy labeler: random, default, "
+                       "default with review")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--noise", type=float, default=0.1, help="the labeler's error rate (noisy:P)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--budget", type=int, default=600, help="answers per run: labels and reviews")
+    p.add_argument("--batch", type=int, default=10)
+    p.add_argument("--review-every", type=int, default=3, metavar="BATCHES")
+    p.add_argument("--review-size", type=int, default=5, metavar="N")
+    p.add_argument("--out", default="bench/out/noise")
+    p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
+    p.set_defaults(run=cmd_benchmark_noise)
 
     p = sub.add_parser("benchmark-strategies", help="replays per strategy and labeler; labels saved vs random")
     p.add_argument("--dataset", required=True)

@@ -2,6 +2,10 @@
 dataset's ground truth. Writes the learning curve (one row per retrain) as CSV and PNG.
 
     python -m loop replay --dataset demo --strategy margin --labeler noisy:0.1 --budget 200 --out runs/a
+
+With `--review-every B --review-size R`, every B batches the labels are judged for errors
+(`loop.suspects`) and a simulated reviewer answers up to R of the top suspects from ground truth,
+each answer counted against the budget like a label.
 """
 
 from __future__ import annotations
@@ -97,15 +101,37 @@ def write_curve(rows: list[dict], out: Path, title: str) -> tuple[Path, Path]:
     return csv_path, png_path
 
 
+def simulated_review(project, truth_class: dict[int, int], n: int,
+                     reviewer: str = "simulated-reviewer") -> tuple[int, int]:
+    """Judge the labels, then answer up to `n` open suspects (hold-out first, then the least
+    likely) from ground truth `truth_class` (image id -> class id). Returns (reviewed, changed)."""
+    from loop import suspects
+
+    suspects.judge(project)
+    names = {c["id"]: c["name"] for c in project.class_rows}
+    changed = 0
+    queue = project.store.suspects(project.id, limit=n)
+    for row in queue:
+        right = truth_class[row["image_id"]]
+        decision = "kept" if right == row["class_id"] else "changed"
+        suspects.review(project, row["image_id"], reviewer, decision, names[right], row["event_id"])
+        changed += decision == "changed"
+    return len(queue), changed
+
+
 def replay(dataset: str, out: str | Path, strategy: str = "auto", labeler: str = "perfect",
            seed_per_class: int = 1, batch: int = 10, budget: int = 100, seed: int = 0,
            data_dir: str | Path = "data", backbone: str | None = None,
            holdout_size: int = 500, log=print, on_progress=None,
-           auto_accept: float | None = None, seed_picker: str = "random") -> list[dict]:
-    """Run the loop until `budget` simulated labels (beyond the seeds) are spent; returns the
-    curve rows and writes `out`/curve.csv and `out`/curve.png. `seed_picker` "cold-start" lets the
-    cold-start strategy pick the seed images (see `Project.draw_seeds`) instead of drawing them
-    at random per class."""
+           auto_accept: float | None = None, seed_picker: str = "random",
+           review_every: int = 0, review_size: int = 0) -> list[dict]:
+    """Run the loop until `budget` simulated answers (labels beyond the seeds, and reviews) are
+    spent; returns the curve rows and writes `out`/curve.csv and `out`/curve.png. `seed_picker`
+    "cold-start" lets the cold-start strategy pick the seed images (see `Project.draw_seeds`)
+    instead of drawing them at random per class. `review_every` batches (0: never), up to
+    `review_size` of the open suspects are reviewed from ground truth by "simulated-reviewer"."""
+    if review_every < 0 or review_size < 0 or bool(review_every) != bool(review_size):
+        raise ValueError("review_every and review_size are both 0 (no review) or both positive")
     simulated = parse_labeler(labeler)
     settings = Settings(seeds_per_class=seed_per_class, seed_picker=seed_picker,
                         strategy=strategy, batch_size=batch,
@@ -125,9 +151,10 @@ def replay(dataset: str, out: str | Path, strategy: str = "auto", labeler: str =
                            "(one sub-folder per class)")
     truth = {i["id"]: project.class_index[i["known_class_id"]] for i in pool}
     pool_truth_class = {i["id"]: i["known_class_id"] for i in pool}
+    truth_class = {i["id"]: i["known_class_id"] for i in project.store.images(project.id)}
     rng = np.random.default_rng([seed, 3])
-    trainer = Trainer(project, rank_queue=False)   # starts from the version trained on the seeds
-    spent = 0
+    trainer = Trainer(project, rank_queue=False, judge_labels=False)   # starts from the version trained on the seeds
+    spent = batches = 0
     try:
         while spent < budget:
             latest = trainer.latest
@@ -143,9 +170,18 @@ def replay(dataset: str, out: str | Path, strategy: str = "auto", labeler: str =
             project.store.add_labels(project.id, class_ids, annotator=f"simulated-{simulated.name}",
                                      source="simulated", origins=[q.origin for q in queries])
             spent += len(answers)
+            batches += 1
             ticket = trainer.request()
             if not simulated.seconds_per_label:  # a slow labeler keeps labeling while it trains
                 trainer.wait(ticket)
+            if review_every and batches % review_every == 0 and spent < budget:
+                trainer.wait(ticket)
+                reviewed, changed = simulated_review(project, truth_class,
+                                                     min(review_size, budget - spent))
+                spent += reviewed
+                if changed:
+                    trainer.wait(trainer.request())
+                log(f"reviewed {reviewed} suspect(s), {changed} changed")
             last = project.store.evaluations(project.id)[-1]
             log(f"labels {spent:5d}/{budget}  model v{last['version']}  "
                 f"hold-out accuracy {last['accuracy']:.3f}")

@@ -65,7 +65,8 @@ SCHEMA = {
                        {"pk": "id", "foreign_keys": [("project_id", "projects", "id")]}),
     "evaluations": ({"id": int, "project_id": int, "model_version_id": int, "n_labels": int,
                      "n_holdout": int, "accuracy": float, "balanced_accuracy": float,
-                     "per_class": str, "rules": str, "ece": float, "created_at": float},
+                     "per_class": str, "rules": str, "ece": float, "created_at": float,
+                     "rescored_at": float},
                     {"pk": "id", "foreign_keys": [("project_id", "projects", "id"),
                                                   ("model_version_id", "model_versions", "id")]}),
     "holdout_predictions": ({"evaluation_id": int, "image_id": int, "class_id": int,
@@ -73,6 +74,26 @@ SCHEMA = {
                             {"pk": ("evaluation_id", "image_id"),
                              "foreign_keys": [("evaluation_id", "evaluations", "id"),
                                               ("image_id", "images", "id")]}),
+    # Labels that are probably wrong, as judged after the newest retrain (replaced each time):
+    # the label event judged, who gave it, the model's choice, out-of-fold (pool) or held-out
+    # (hold-out) probabilities of both, and whether confident learning flags it (`issue`).
+    "suspects": ({"project_id": int, "image_id": int, "split": str, "event_id": int,
+                  "class_id": int, "annotator": str, "source": str, "predicted_class_id": int,
+                  "p_given": float, "p_predicted": float, "score": float, "issue": int,
+                  "model_version": int, "created_at": float},
+                 {"pk": ("project_id", "image_id"),
+                  "foreign_keys": [("project_id", "projects", "id"), ("image_id", "images", "id")]}),
+    # What a reviewer decided about a suspected label (`event_id`, the label they saw): "kept",
+    # "changed" (`new_event_id`: the review's label event) or "flagged" (label withdrawn, flag).
+    "reviews": ({"id": int, "project_id": int, "image_id": int, "event_id": int, "split": str,
+                 "reviewer": str, "annotator": str, "decision": str, "old_class_id": int,
+                 "class_id": int, "new_event_id": int, "created_at": float},
+                {"pk": "id", "foreign_keys": [("project_id", "projects", "id"),
+                                              ("image_id", "images", "id")]}),
+    # Suspects a lead sent to a second person to review (served to them on the Review page).
+    "review_assignments": ({"project_id": int, "image_id": int, "event_id": int, "reviewer": str,
+                            "assigned_by": str, "created_at": float},
+                           {"pk": ("project_id", "image_id")}),
     # Who is looking at which image now: a lease expires, so a closed tab frees its images.
     # `position` orders an annotator's window (an undone image goes back to the front).
     "leases": ({"project_id": int, "image_id": int, "annotator": str, "leased_at": float,
@@ -149,7 +170,10 @@ INDEXES = [
     ("shown", ["project_id", "annotator", "skipped"], False),
     ("queue_items", ["project_id", "position"], False),
     ("people", ["token_hash"], True),
+    ("reviews", ["project_id", "event_id"], False),
+    ("suspects", ["project_id", "score"], False),
 ]
+REVIEW_DECISIONS = ("kept", "changed", "flagged")
 
 
 class StoreError(ValueError):
@@ -1343,12 +1367,181 @@ class Store:
     def holdout_predictions(self, evaluation_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(image ids, true class ids, probabilities (n, k)) stored with an evaluation."""
         rows = self.db.execute("SELECT image_id, class_id, probs FROM holdout_predictions "
-                               "WHERE evaluation_id = ? ORDER BY image_id", [evaluation_id]).fetchall()
+                               "WHERE evaluation_id = ? AND class_id IS NOT NULL ORDER BY image_id",
+                               [evaluation_id]).fetchall()
         if not rows:
             return np.zeros(0, int), np.zeros(0, int), np.zeros((0, 0), np.float32)
         ids, classes, probs = zip(*rows)
         return (np.array(ids), np.array(classes),
                 np.stack([np.frombuffer(p, dtype=np.float32) for p in probs]))
+
+    # -- suspected label errors and their review ----------------------------------------------
+
+    def replace_suspects(self, project_id: int, rows: Sequence[dict], model_version: int) -> None:
+        """Set the project's judged labels (see the `suspects` table) as of `model_version`."""
+        now = time.time()
+        with self.transaction():
+            self.db.execute("DELETE FROM suspects WHERE project_id = ?", [project_id])
+            self._insert_all("suspects", ({**r, "project_id": project_id, "created_at": now,
+                                           "model_version": model_version} for r in rows))
+
+    def suspects_version(self, project_id: int) -> int | None:
+        """The model version the stored suspects were judged after (None: never judged)."""
+        return self._one("SELECT max(model_version) FROM suspects WHERE project_id = ?", [project_id])
+
+    # A suspect is open while its label is still the one judged and nobody reviewed that label.
+    _JUDGED_IN_FORCE = ("s.event_id = (SELECT max(e.id) FROM label_events e WHERE "
+                        "e.project_id = s.project_id AND e.image_id = s.image_id)")
+    _OPEN_SUSPECT = (_JUDGED_IN_FORCE + " AND NOT EXISTS (SELECT 1 FROM reviews r WHERE "
+                     "r.project_id = s.project_id AND r.event_id = s.event_id)")
+
+    def suspects(self, project_id: int, reviewer: str | None = None, issues_only: bool = True,
+                 open_only: bool = True, limit: int | None = None) -> list[dict]:
+        """Judged labels, hold-out ones first (they are every curve point's yardstick), then the
+        least likely under the model (`score`, the probability of the label given) first; with
+        the image's path and who it is assigned to for review. `reviewer`: only those assigned
+        to them. `issues_only`: only those confident learning flags."""
+        sql = ("SELECT s.*, i.path, a.reviewer AS assigned_to FROM suspects s "
+               "JOIN images i ON i.id = s.image_id LEFT JOIN review_assignments a ON "
+               "a.project_id = s.project_id AND a.image_id = s.image_id AND a.event_id = s.event_id "
+               "WHERE s.project_id = ?")
+        args: list = [project_id]
+        if open_only:
+            sql += " AND " + self._OPEN_SUSPECT
+        if issues_only:
+            sql += " AND s.issue = 1"
+        if reviewer:
+            sql += " AND a.reviewer = ?"
+            args.append(reviewer)
+        sql += " ORDER BY CASE WHEN s.split = 'holdout' THEN 0 ELSE 1 END, s.score, s.image_id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self.query(sql, args)
+
+    def _role(self, name: str) -> str | None:
+        return self._one("SELECT role FROM people WHERE name = ? AND revoked_at IS NULL", [name])
+
+    def _reviewable(self, project_id: int, image_id: int, reviewer: str,
+                    event_id: int | None) -> dict:
+        """The label event in force on `image_id`, checked: it is the one the reviewer saw
+        (`event_id`), it is a label, and the reviewer did not give it (a lead may review their own)."""
+        event = self._one("SELECT max(id) FROM label_events WHERE project_id = ? AND image_id = ?",
+                          [project_id, int(image_id)])
+        row = self.query("SELECT * FROM label_events WHERE id = ?", [event])[0] if event else None
+        if row is None or row["class_id"] is None:
+            raise StoreError(f"image {image_id} has no label to review")
+        if event_id is not None and row["id"] != int(event_id):
+            raise StoreError(f"the label of image {image_id} changed since it was shown to you "
+                             f"(by {row['annotator']}); nothing was stored, look at it again")
+        if row["annotator"] == reviewer and self._role(reviewer) != "lead":
+            raise StoreError(f"{reviewer} gave this label; a second person must review it")
+        return row
+
+    def review_label(self, project_id: int, image_id: int, reviewer: str, decision: str,
+                     class_id: int | None = None, event_id: int | None = None) -> dict:
+        """Record a review of the label in force on `image_id` (the event `event_id` the reviewer
+        saw): "kept"; "changed" to `class_id`, a new label event with source "review" (never an
+        update in place); or "flagged", the label withdrawn by a review event without a class and
+        the image flagged for the lead. Returns the stored review row."""
+        if decision not in REVIEW_DECISIONS:
+            raise StoreError(f"a review decision is one of {', '.join(REVIEW_DECISIONS)}, got '{decision}'")
+        with self.transaction():
+            label = self._reviewable(project_id, image_id, reviewer, event_id)
+            split = self._one("SELECT split FROM images WHERE id = ?", [int(image_id)])
+            new_event = None
+            if decision == "changed":
+                if class_id not in {c["id"] for c in self.classes(project_id)}:
+                    raise StoreError(f"class id {class_id} does not exist in this project")
+                if class_id == label["class_id"]:
+                    decision = "kept"     # "changed" to the label it has: the label is confirmed
+                else:
+                    new_event = self._insert("label_events", {
+                        "project_id": project_id, "image_id": int(image_id), "class_id": class_id,
+                        "annotator": reviewer, "source": "review", "created_at": time.time(),
+                        "origin": "suspect"})
+            elif decision == "flagged":
+                class_id = None
+                new_event = self._insert("label_events", {
+                    "project_id": project_id, "image_id": int(image_id), "class_id": None,
+                    "annotator": reviewer, "source": "review", "created_at": time.time(),
+                    "origin": "suspect-flag"})
+                self._replace("flags", {"project_id": project_id, "image_id": int(image_id),
+                                        "annotator": reviewer, "created_at": time.time(),
+                                        "status": "open", "resolved_by": None, "resolved_at": None})
+            if decision == "kept":
+                class_id = label["class_id"]
+            review = {"project_id": project_id, "image_id": int(image_id), "event_id": label["id"],
+                      "split": split, "reviewer": reviewer, "annotator": label["annotator"],
+                      "decision": decision, "old_class_id": label["class_id"], "class_id": class_id,
+                      "new_event_id": new_event, "created_at": time.time()}
+            review["id"] = self._insert("reviews", review)
+            self.db.execute("DELETE FROM review_assignments WHERE project_id = ? AND image_id = ?",
+                            [project_id, int(image_id)])
+            return review
+
+    def reviews(self, project_id: int, split: str | None = None) -> list[dict]:
+        sql, args = "SELECT * FROM reviews WHERE project_id = ?", [project_id]
+        if split:
+            sql += " AND split = ?"
+            args.append(split)
+        return self.query(sql + " ORDER BY id", args)
+
+    def assign_review(self, project_id: int, image_id: int, reviewer: str, by: str) -> None:
+        """Send a suspected label to `reviewer` (never the person who gave it)."""
+        with self.transaction():
+            label = self._reviewable(project_id, image_id, reviewer, None)
+            if label["annotator"] == reviewer:
+                raise StoreError(f"{reviewer} gave this label; send it to a second person")
+            if self._role(reviewer) is None:
+                raise StoreError(f"'{reviewer}' is not a person with a valid token here")
+            self._replace("review_assignments", {"project_id": project_id, "image_id": int(image_id),
+                                                 "event_id": label["id"], "reviewer": reviewer,
+                                                 "assigned_by": by, "created_at": time.time()})
+
+    def suspicion_by_annotator(self, project_id: int) -> list[dict]:
+        """Per person who gave labels in force: labels judged, suspected (flagged by confident
+        learning), and of their labels reviewed, how many were changed or flagged."""
+        judged = self.query(
+            "SELECT annotator, count(*) AS judged, sum(issue) AS suspected FROM suspects s "
+            "WHERE project_id = ? AND " + self._JUDGED_IN_FORCE + " GROUP BY annotator", [project_id])
+        reviewed = self.query(
+            "SELECT annotator, count(*) AS reviewed, sum(CASE WHEN decision != 'kept' THEN 1 ELSE 0 END) "
+            "AS corrected FROM reviews WHERE project_id = ? GROUP BY annotator", [project_id])
+        people: dict[str, dict] = {}
+        for row in judged:
+            people[row["annotator"]] = {"annotator": row["annotator"], "judged": row["judged"],
+                                        "suspected": int(row["suspected"] or 0), "reviewed": 0,
+                                        "corrected": 0}
+        for row in reviewed:
+            entry = people.setdefault(row["annotator"], {"annotator": row["annotator"], "judged": 0,
+                                                         "suspected": 0})
+            entry.update(reviewed=row["reviewed"], corrected=int(row["corrected"] or 0))
+        return sorted(people.values(), key=lambda r: r["annotator"])
+
+    # -- re-scoring the stored evaluations when a hold-out label changes ----------------------
+
+    def evaluations_with_image(self, project_id: int, image_id: int) -> list[int]:
+        return [r[0] for r in self.db.execute(
+            "SELECT p.evaluation_id FROM holdout_predictions p JOIN evaluations e ON "
+            "e.id = p.evaluation_id WHERE e.project_id = ? AND p.image_id = ? ORDER BY 1",
+            [project_id, int(image_id)]).fetchall()]
+
+    def set_holdout_truth(self, project_id: int, image_id: int, class_id: int | None) -> None:
+        """The hold-out label every stored evaluation scores `image_id` against (None: no
+        longer part of the hold-out's scoring)."""
+        self.db.execute("UPDATE holdout_predictions SET class_id = ? WHERE image_id = ? AND "
+                        "evaluation_id IN (SELECT id FROM evaluations WHERE project_id = ?)",
+                        [class_id, int(image_id), project_id])
+
+    _SCORES = ("n_holdout", "accuracy", "balanced_accuracy", "per_class", "rules", "ece")
+
+    def update_scores(self, evaluation_id: int, summary: dict) -> None:
+        """Replace an evaluation's scores (re-scored from its stored per-image predictions)."""
+        values = {k: (json.dumps(summary[k]) if isinstance(summary[k], (dict, list)) else summary[k])
+                  for k in self._SCORES}
+        self.db.execute("UPDATE evaluations SET " + ", ".join(f"{k} = :{k}" for k in values) +
+                        ", rescored_at = :now WHERE id = :id", {**values, "now": time.time(),
+                                                                 "id": evaluation_id})
 
     # -- the log the pages read -----------------------------------------------------------------
 

@@ -5,8 +5,10 @@ holder of the project's training lease in the database. Its worker wakes on a re
 few seconds, and when the store holds labels past the newest version it takes the lease, trains
 on every label at that moment, and publishes the version and its evaluation in one transaction,
 discarding a result that a newer version overtook. After each version it runs the hooks
-(auto-accept when the project has it on) and ranks the next queue. On start it mends what a
-killed process left (`Project.recover`), and it submits drafts left pending too long.
+(auto-accept when the project has it on) and ranks the next queue, and a second worker judges
+every label in force for errors (`loop.suspects.judge`: K out-of-fold heads, a few seconds, kept
+off the retrain's path). On start it mends what a killed process left (`Project.recover`), and it
+submits drafts left pending too long.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from loop import suspects
 from loop.project import Project, load_head
 from loop.queue import refresh_queue
 from loop.store import StorageError, owner_name
@@ -43,8 +46,14 @@ class Trainer:
 
     def __init__(self, project: Project, on_version: Callable[[dict], None] | None = None,
                  poll_seconds: float = 2.0, lease_seconds: float = 300, rank_queue: bool = True,
-                 start: bool = True):
+                 start: bool = True, judge_labels: bool = True):
         self.project = project
+        # Judge labels after each version this process publishes (and once on start when the
+        # stored judgement is older than the newest version). A replay judges when it reviews.
+        self.judge_labels = judge_labels
+        self.judgements: list[dict] = []
+        self.judge_errors: list[str] = []
+        self._judge_wanted = judge_labels
         self.rank_queue = rank_queue   # a replay asks for its batches itself and needs no queue
         self.on_version = on_version
         self.poll_seconds = poll_seconds
@@ -62,8 +71,12 @@ class Trainer:
         self._queue_ranked_at: int | None = None
         self._stop = False
         self._thread = threading.Thread(target=self._run, name=f"trainer-{project.name}", daemon=True)
-        if start:   # start=False: no worker thread; call `cycle()` yourself (tools, tests)
+        self._judge_thread = threading.Thread(target=self._judge_run, name=f"judge-{project.name}",
+                                              daemon=True)
+        if start:   # start=False: no worker threads; call `cycle()` (and `judge()`) yourself
             self._thread.start()
+            if judge_labels:
+                self._judge_thread.start()
 
     def request(self) -> int:
         """Ask for a retrain on every label stored so far; returns a ticket for `wait`."""
@@ -113,8 +126,9 @@ class Trainer:
         with self._condition:
             self._stop = True
             self._condition.notify_all()
-        if self._thread.is_alive():
-            self._thread.join()
+        for thread in (self._thread, self._judge_thread):
+            if thread.is_alive():
+                thread.join()
         try:
             self.project.store.release_training(self.project.id, self.owner)
         except StorageError:
@@ -170,6 +184,10 @@ class Trainer:
                     self._head = version["head"]
                     self.versions.append(version)
                     auto_accept_hook(project, version)
+                    if self.judge_labels:
+                        with self._condition:
+                            self._judge_wanted = True
+                            self._condition.notify_all()
                     if self.on_version:
                         self.on_version(version)
             if self.rank_queue and (version is not None or needs_queue):
@@ -181,6 +199,50 @@ class Trainer:
             return version
         finally:
             store.release_training(project.id, self.owner)
+
+
+    def judge(self) -> dict | None:
+        """Judge the labels now if the stored judgement is older than the newest version."""
+        store, pid = self.project.store, self.project.id
+        latest = store.latest_model_version(pid)
+        if latest is None or store.suspects_version(pid) == latest["version"]:
+            return None
+        result = suspects.judge(self.project)
+        if result is not None:
+            self.judgements.append(result)
+        return result
+
+    def wait_judged(self, timeout: float | None = None) -> bool:
+        """Block until the stored judgement covers the newest version (tests, tools)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        store, pid = self.project.store, self.project.id
+        with self._condition:
+            while True:
+                latest = store.latest_model_version(pid)
+                if latest is None or store.suspects_version(pid) == latest["version"]:
+                    return True
+                if self._stop or (deadline is not None and time.monotonic() > deadline):
+                    return False
+                self._condition.wait(0.2)
+
+    def _judge_run(self) -> None:
+        while True:
+            with self._condition:
+                self._condition.wait_for(lambda: self._stop or self._judge_wanted)
+                if self._stop:
+                    return
+                self._judge_wanted = False
+            try:
+                self.judge()
+            except Exception as exc:  # reported like a failed retrain; the next version retries
+                self.judge_errors.append(traceback.format_exc())
+                try:
+                    self.project.store.log(self.project.id, "judge_failed",
+                                           f"{type(exc).__name__}: {exc}")
+                except StorageError:
+                    pass
+            with self._condition:
+                self._condition.notify_all()
 
 
 _trainers: dict[tuple[str, int], Trainer] = {}
