@@ -8,6 +8,8 @@
     python -m loop retrain birds
     python -m loop embed birds --engine ray                    # or --folder DIR; resumable
     python -m loop auto-accept birds --precision 0.95          # preview; --now, --on, --off, --undo
+    python -m loop review birds --token TOKEN                  # labels that are probably wrong
+    python -m loop review birds 17 --class wren --token TOKEN  # or --keep, --flag, --send-to ana
     python -m loop settings birds --set overlap_share=0.1
     python -m loop export birds --format csv --out birds.csv
     python -m loop replay --dataset demo --strategy margin --labeler perfect --budget 200 --out runs/a
@@ -206,6 +208,54 @@ def cmd_conflicts(args) -> int:
         print(f"image {args.image}: labeled {args.set_class} by {person.name} (review)")
     else:
         raise ValueError("say how to resolve it: --keep, --class CLASS or --send-to PERSON")
+    return 0
+
+
+def cmd_review(args) -> int:
+    from loop import suspects
+
+    person = _person(args, "review")
+    project = _open(args)
+    store = project.store
+    if args.image is None:
+        latest = store.latest_model_version(project.id)
+        if args.judge or (latest and store.suspects_version(project.id) != latest["version"]):
+            suspects.judge(project)      # the trainer does this after each retrain; now, if behind
+        lead = person.can("resolve")
+        rows = suspects.review_queue(project, reviewer=None if lead else person.name, limit=args.n)
+        judged = store.suspects_version(project.id)
+        print(f"suspected label errors, judged after model version {judged}: {len(rows)} open"
+              + ("" if lead else f" sent to {person.name}"))
+        for r in rows:
+            print(f"image {r['image_id']:>6}@{r['event_id']:<6} {r['split']:<8} {r['path']:<36} "
+                  f"{r['given']} ({r['p_given']:.0%}) by {r['annotator']}; model: {r['predicted']} "
+                  f"({r['p_predicted']:.0%})" + (f"; sent to {r['assigned_to']}" if r["assigned_to"] else ""))
+        if lead:
+            for r in suspects.suspicion_by_annotator(project):
+                rate = "-" if r["suspected_rate"] is None else f"{r['suspected_rate']:.1%}"
+                print(f"{r['annotator']:>20}: {r['suspected']} of {r['judged']} labels suspected ({rate}); "
+                      f"{r['corrected']} of {r['reviewed']} reviewed were corrected")
+        return 0
+    image, _, seen = args.image.partition("@")
+    if not image.isdigit() or (seen and not seen.isdigit()):
+        raise ValueError(f"'{args.image}' is not IMAGE or IMAGE@EVENT (as the listing prints them)")
+    event_id = int(seen) if seen else None
+    if args.send_to:
+        from loop.people import check_person_name
+
+        _person(args, "resolve")    # sending work to people is the lead's
+        store.assign_review(project.id, int(image), check_person_name(args.send_to), by=person.name)
+        print(f"image {image} sent to {args.send_to} to review")
+        return 0
+    chosen = [k for k in ("keep", "set_class", "flag") if getattr(args, k)]
+    if len(chosen) != 1:
+        raise ValueError("say one decision: --keep, --class CLASS, --flag (or --send-to PERSON)")
+    decision = {"keep": "kept", "set_class": "changed", "flag": "flagged"}[chosen[0]]
+    row = suspects.review(project, int(image), person.name, decision, args.set_class, event_id)
+    said = {"kept": "kept its label", "changed": f"labeled {args.set_class} (a review event)",
+            "flagged": "label withdrawn and the image flagged for the lead"}[row["decision"]]
+    print(f"image {image}: {said}" + (f"; {len(row['rescored'])} stored evaluation(s) of the "
+                                      "hold-out re-scored" if row["rescored"] else ""))
     return 0
 
 
@@ -706,6 +756,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="set_class", help="label it CLASS (a review event)")
     p.add_argument("--send-to", help="ask PERSON for a third opinion")
     p.set_defaults(run=cmd_conflicts)
+
+    p = sub.add_parser("review", help="labels that are probably wrong: list them (a lead sees all, "
+                       "an annotator what was sent to them), or review one")
+    p.add_argument("name")
+    p.add_argument("image", nargs="?", help="IMAGE or IMAGE@EVENT (the label you saw) to review")
+    p.add_argument("--token", help="your token (default: $JUICER_TOKEN)")
+    p.add_argument("--keep", action="store_true", help="the label is right")
+    p.add_argument("--class", dest="set_class", help="label it CLASS (a new event, source review)")
+    p.add_argument("--flag", action="store_true", help="unclear or none of the classes: withdraw "
+                   "the label and flag the image for the lead")
+    p.add_argument("--send-to", help="(lead) send it to PERSON to review")
+    p.add_argument("--judge", action="store_true", help="judge the labels now before listing")
+    p.add_argument("-n", type=int, default=50, help="how many to list")
+    p.set_defaults(run=cmd_review)
 
     for name, text in (("backup", "a consistent copy of the database, taken while people work"),
                        ("restore", "bring a backup back into the database")):

@@ -1397,10 +1397,13 @@ class Store:
 
     def suspects(self, project_id: int, reviewer: str | None = None, issues_only: bool = True,
                  open_only: bool = True, limit: int | None = None) -> list[dict]:
-        """Judged labels, hold-out ones first (they are every curve point's yardstick), then the
-        least likely under the model (`score`, the probability of the label given) first; with
-        the image's path and who it is assigned to for review. `reviewer`: only those assigned
-        to them. `issues_only`: only those confident learning flags."""
+        """Judged labels in review order: hold-out labels people gave first (every curve point is
+        scored against them), then the rest of people's (and auto-accept's) labels, then labels
+        that came with a labeled folder (annotator "folder": the user's own ground truth, judged
+        and shown, but not what people got wrong); within each, the least likely under the model
+        (`score`, the probability of the label given) first. With the image's path and who it
+        is assigned to for review. `reviewer`: only those assigned to them. `issues_only`: only
+        those confident learning flags."""
         sql = ("SELECT s.*, i.path, a.reviewer AS assigned_to FROM suspects s "
                "JOIN images i ON i.id = s.image_id LEFT JOIN review_assignments a ON "
                "a.project_id = s.project_id AND a.image_id = s.image_id AND a.event_id = s.event_id "
@@ -1413,7 +1416,8 @@ class Store:
         if reviewer:
             sql += " AND a.reviewer = ?"
             args.append(reviewer)
-        sql += " ORDER BY CASE WHEN s.split = 'holdout' THEN 0 ELSE 1 END, s.score, s.image_id"
+        sql += (" ORDER BY CASE WHEN s.annotator = 'folder' THEN 2 + (CASE WHEN s.split = 'holdout' "
+                "THEN 0 ELSE 1 END) WHEN s.split = 'holdout' THEN 0 ELSE 1 END, s.score, s.image_id")
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return self.query(sql, args)
