@@ -323,3 +323,42 @@ def test_backup_of_a_postgres_database_says_to_use_pg_dump(postgres_server, tmp_
     with pytest.raises(StoreError, match="pg_restore"):
         store.restore(tmp_path / "copy.db")
     assert not (tmp_path / "copy.db").exists()
+
+
+def test_suspects_and_reviews_on_either_database(store, project):
+    """The review queue's order (people's hold-out labels first, folder labels last), a review
+    as new events only, stale views refused, and each person's rates, on SQLite and PostgreSQL."""
+    from loop.people import create_token
+
+    ids = image_ids(store, project)
+    store.set_split(ids[:2], "holdout")
+    store.add_labels(project, [(ids[0], "cat")], "ana", "human")        # hold-out, by a person
+    store.add_labels(project, [(ids[1], "dog")], "folder", "imported")  # hold-out, from the folder
+    store.add_labels(project, [(i, "cow") for i in ids[2:5]], "ana", "human")
+    store.add_labels(project, [(ids[5], "cat")], "ben", "human")
+    create_token(store, "lead", "lead")
+    events = store.latest_events(project)
+    cat, dog, cow = (store.class_id(project, n) for n in ("cat", "dog", "cow"))
+    rows = [{"image_id": i, "split": "holdout" if i in ids[:2] else "pool",
+             "event_id": events[i]["id"], "class_id": events[i]["class_id"],
+             "annotator": events[i]["annotator"], "source": events[i]["source"],
+             "predicted_class_id": dog, "p_given": p, "p_predicted": 0.9, "score": p, "issue": 1}
+            for i, p in zip(ids, (0.4, 0.01, 0.05, 0.2, 0.3, 0.02))]
+    store.replace_suspects(project, rows, model_version=3)
+    assert store.suspects_version(project) == 3
+    order = [s["image_id"] for s in store.suspects(project)]
+    assert order == [ids[0], ids[5], ids[2], ids[3], ids[4], ids[1]]
+    store.review_label(project, ids[2], "lead", "changed", dog, events[ids[2]]["id"])
+    store.review_label(project, ids[3], "lead", "kept", None, events[ids[3]]["id"])
+    store.review_label(project, ids[4], "lead", "flagged", None, events[ids[4]]["id"])
+    with pytest.raises(StoreError, match="changed since"):
+        store.review_label(project, ids[2], "lead", "kept", None, events[ids[2]]["id"])
+    labels = store.current_labels(project)
+    assert labels[ids[2]] == dog and labels[ids[3]] == cow and ids[4] not in labels
+    assert [e["source"] for e in store.label_events(project, ids[2])] == ["human", "review"]
+    assert [s["image_id"] for s in store.suspects(project)] == [ids[0], ids[5], ids[1]]
+    rates = {r["annotator"]: r for r in store.suspicion_by_annotator(project)}
+    assert (rates["ana"]["judged"], rates["ana"]["reviewed"], rates["ana"]["corrected"]) == (2, 3, 2)
+    assert rates["ben"]["suspected"] == 1
+    store.assign_review(project, ids[5], "lead", by="lead")
+    assert [s["image_id"] for s in store.suspects(project, reviewer="lead")] == [ids[5]]
