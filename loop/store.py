@@ -1392,8 +1392,9 @@ class Store:
     # A suspect is open while its label is still the one judged and nobody reviewed that label.
     _JUDGED_IN_FORCE = ("s.event_id = (SELECT max(e.id) FROM label_events e WHERE "
                         "e.project_id = s.project_id AND e.image_id = s.image_id)")
-    _OPEN_SUSPECT = (_JUDGED_IN_FORCE + " AND NOT EXISTS (SELECT 1 FROM reviews r WHERE "
-                     "r.project_id = s.project_id AND r.event_id = s.event_id)")
+    # A label a review set (or a lead's settling of a conflict) is settled: judged, not queued.
+    _OPEN_SUSPECT = (_JUDGED_IN_FORCE + " AND s.source != 'review' AND NOT EXISTS (SELECT 1 FROM "
+                     "reviews r WHERE r.project_id = s.project_id AND r.event_id = s.event_id)")
 
     def suspects(self, project_id: int, reviewer: str | None = None, issues_only: bool = True,
                  open_only: bool = True, limit: int | None = None) -> list[dict]:

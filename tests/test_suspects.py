@@ -140,6 +140,12 @@ def test_a_review_adds_events_and_never_rewrites_one(noisy_project):
     assert labels[kept["image_id"]] == kept["class_id"]
     open_ids = {s["image_id"] for s in store.suspects(project.id)}
     assert changed["image_id"] not in open_ids and kept["image_id"] not in open_ids
+    # Judged again, the label the review set is judged but settled: never queued again.
+    project.retrain()
+    suspects.judge(project)
+    judged = {s["image_id"]: s for s in store.suspects(project.id, issues_only=False, open_only=False)}
+    assert judged[changed["image_id"]]["source"] == "review"
+    assert changed["image_id"] not in {s["image_id"] for s in store.suspects(project.id, issues_only=False)}
     rates = {r["annotator"]: r for r in suspects.suspicion_by_annotator(project)}
     assert rates[changed["annotator"]]["reviewed"] >= 1
 
