@@ -2,7 +2,8 @@
 
 A lead creates each person's token once (`python -m loop token create ana --role annotator`); the
 token is random and only its sha256 is stored, so the database never holds a usable secret. Leads
-do everything; annotators label, and see only their own answers.
+do everything; annotators label, see only their own answers, and review the suspected labels a
+lead sends them.
 
 >>> from loop.store import Store
 >>> store = Store(":memory:")
@@ -36,8 +37,10 @@ ACTIONS = {
     "resolve": "resolving conflicts",
     "lead_pages": "opening the lead pages",
     "people": "managing people and tokens",
+    "review": "reviewing suspected labels",
 }
-ALLOWED = {"lead": set(ACTIONS), "annotator": {"label"}}
+# An annotator reviews only the suspects a lead sent them (the Review page asks for those alone).
+ALLOWED = {"lead": set(ACTIONS), "annotator": {"label", "review"}}
 # Names the system writes into the label log itself; a person may never be one of them.
 RESERVED = {"folder", "auto", "seed", "review", "system", "undo-auto", "imported"}
 RESERVED_PREFIXES = ("auto-", "simulated-", "undo-")

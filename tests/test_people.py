@@ -43,13 +43,15 @@ def test_first_start_makes_one_lead(tmp_path):
     assert first_start(store) is None                           # only on an empty data root
 
 
-def test_annotators_may_label_and_nothing_else():
+def test_annotators_may_label_and_review_and_nothing_else():
     from loop.people import ACTIONS, Person
 
     ana, lead = Person("ana", "annotator"), Person("lead", "lead")
     for action in ACTIONS:
         assert require(lead, action) is lead
-        if action != "label":
+        if action in ("label", "review"):       # review: what a lead sent them (the page asks)
+            assert require(ana, action) is ana
+        else:
             with pytest.raises(PermissionDenied, match="ana is an annotator: .* needs the lead role"):
                 require(ana, action)
     with pytest.raises(PermissionDenied, match="sign in"):
