@@ -80,14 +80,22 @@ def draw_curve(project: Project, data: CurveData, target: float, metric: str) ->
     warning = baseline_warning(last, data.truth, data.class_names)
     if warning:
         st.warning(warning)
+    # A review that changed a hold-out label re-scored stored points in place: part of the key.
+    rescored = [e["rescored_at"] for e in data.evaluations if e.get("rescored_at")]
+    latest_rescore = max(rescored, default=None)
     forecast = fit_curve(str(data_dir()), project.name, data.newest_id, len(data.evaluations),
-                         metric, data.evaluations)
+                         latest_rescore, metric, data.evaluations)
     answer = target_answer(forecast, last, target, data.pool_size, metric, data.evaluations)
     st.markdown(f"**Forecast:** {answer.sentence}")
     if answer.pool_note and answer.status in ("met", "in_pool"):
         st.caption(answer.pool_note[0].upper() + answer.pool_note[1:] + ".")
-    st.image(curve_png(str(data_dir()), project.name, data.newest_id, len(data.evaluations), target,
-                       metric, data.pool_size, data.evaluations, forecast, answer))
+    st.image(curve_png(str(data_dir()), project.name, data.newest_id, len(data.evaluations),
+                       latest_rescore, target, metric, data.pool_size, data.evaluations, forecast,
+                       answer))
+    if rescored:
+        st.caption(f"{len(rescored)} of the {len(data.evaluations)} point(s) were re-scored after "
+                   "hold-out labels were changed by review (the Review page): every point is scored "
+                   "against the hold-out labels as they are now.")
     n_auto_points = sum(1 for e in data.evaluations if e["n_auto"])
     if n_auto_points:
         st.caption(f"{n_auto_points} retrain(s) had auto-accepted labels in force (hollow red "
@@ -116,10 +124,11 @@ def draw_curve(project: Project, data: CurveData, target: float, metric: str) ->
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def curve_png(data_dir: str, name: str, newest_id: int, n_evaluations: int, target: float,
-              metric: str, pool_size: int, _evaluations, _forecast, _answer) -> bytes:
-    """The curve figure as PNG, drawn once per evaluation, target, metric and pool size (drawing
-    takes about half a second on two cores; everything it shows is in the key)."""
+def curve_png(data_dir: str, name: str, newest_id: int, n_evaluations: int,
+              rescored_at: float | None, target: float, metric: str, pool_size: int, _evaluations,
+              _forecast, _answer) -> bytes:
+    """The curve figure as PNG, drawn once per evaluation, re-scoring, target, metric and pool
+    size (drawing takes about half a second on two cores; everything it shows is in the key)."""
     import io
 
     buffer = io.BytesIO()
@@ -135,9 +144,10 @@ def strategy_vs_control(data_dir: str, name: str, version: int) -> dict | None:
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def fit_curve(data_dir: str, name: str, newest_id: int, n_evaluations: int, metric: str,
-              _evaluations: list[dict]):
-    """Refitted once per retrain and metric (keyed by the newest evaluation; about 10 ms)."""
+def fit_curve(data_dir: str, name: str, newest_id: int, n_evaluations: int,
+              rescored_at: float | None, metric: str, _evaluations: list[dict]):
+    """Refitted once per retrain, re-scoring and metric (keyed by the newest evaluation and the
+    latest re-scoring; about 10 ms)."""
     try:
         return forecast_curve(project_named(name), metric=metric, evaluations=_evaluations)
     except ValueError:
