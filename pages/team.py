@@ -1,13 +1,15 @@
 """The Team page (leads): answers kept as conflicts, each settled by keeping the label in force,
-taking another answer, or sending the image to a third person; and how well people agree on the
-images they labeled twice. The reads are `loop.team`; settling is `Store.resolve_conflict`."""
+taking another answer, or sending the image to a third person; how well people agree on the
+images they labeled twice; and how many of each person's labels the model suspects. The reads are
+`loop.team` and `loop.suspects`; settling is `Store.resolve_conflict`."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from loop import team
+from loop import suspects, team
+from loop.curve import share
 from loop.store import StoreError
 from pages.common import allowed, escape, picture, sidebar, store
 
@@ -19,6 +21,7 @@ def team_page() -> None:
     conflicts_panel(project, person)
     flags_panel(project, person)
     agreement_panel(project)
+    suspicion_panel(project)
 
 
 def conflicts_panel(project, person) -> None:
@@ -127,3 +130,29 @@ def agreement_panel(project) -> None:
     worst = report.get("worst")
     if worst:
         st.markdown(f"Disagrees with the others' majority most: **{escape(worst)}**.")
+
+
+def suspicion_panel(project) -> None:
+    """Per person, the share of their labels in force the model reads as likely wrong, and of
+    those a second person reviewed, the share the review changed or withdrew."""
+    st.subheader("Suspected errors per person")
+    rows = suspects.suspicion_by_annotator(project)
+    if not rows:
+        st.caption("No label judged yet: after each retrain the trainer judges every label in force "
+                   "with heads that never saw it (the Review page lists the suspects).")
+        return
+    st.dataframe(pd.DataFrame([{
+        "person": r["annotator"], "labels judged": r["judged"], "suspected": r["suspected"],
+        "suspected rate": _rate(r["suspected_rate"]), "reviewed": r["reviewed"],
+        "corrected by review": r["corrected"], "corrected rate": _rate(r["corrected_rate"]),
+    } for r in rows]), hide_index=True)
+    st.caption("Judged: that person's labels in force the model judged after the last retrain, by "
+               "heads trained without each label. Suspected: those it reads as likely wrong "
+               "(confident learning); some are hard images, not mistakes. Corrected by review: of "
+               "their labels a second person reviewed, those changed or withdrawn. A person whose "
+               "rates stand well above the others' may need help, or the class definitions may "
+               "need a word; auto... and folder are the machine's labels and the imported ones.")
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else share(value)
