@@ -2,8 +2,9 @@
 
 A thin shell: every action is a call into `loop/` (sessions, evaluation, export); this file draws.
 Pages: Label (annotators, keyboard first), Curve (leads: learning curve, per-class accuracy, the
-hold-out gallery), Rules (auto-accept thresholds), Team (conflicts, agreement), Project (create,
-embed, export, settings, people). Each page acts, then reads; the sidebar's figures come last.
+hold-out gallery), Rules (auto-accept thresholds), Team (conflicts, agreement), Review (labels the
+model reads as wrong; annotators see those sent to them), Project (create, embed, export,
+settings, people). Each page acts, then reads; the sidebar's figures come last.
 Served through Streamlit's `st.App` (see the end of the file) so a page's address opens cleanly.
 """
 
@@ -33,12 +34,13 @@ from pages.common import (
 from pages.curve import curve_page
 from pages.label import label_page
 from pages.project import project_page
+from pages.review import review_page
 from pages.rules import rules_page
 from pages.team import team_page
 
 DEFAULT_PROJECT = os.environ.get("JUICER_PROJECT", "demo")
 # The lead pages' addresses (http://host/curve ...): st.navigation below, and the server.
-PAGE_PATHS = ("curve", "rules", "team", "project")
+PAGE_PATHS = ("curve", "rules", "team", "review", "project")
 DEFAULT_DATASET = os.environ.get("JUICER_DATASET", "demo")  # a bundled dataset name or labeled folder
 
 
@@ -80,9 +82,10 @@ def main() -> None:
     elif person.role == "lead":
         pages = [st.Page(label_page, title="Label", default=True),
                  *(st.Page(page, title=path.title(), url_path=path) for page, path in
-                   zip((curve_page, rules_page, team_page, project_page), PAGE_PATHS))]
-    else:   # an annotator sees the Label page only
-        pages = [st.Page(label_page, title="Label", default=True)]
+                   zip((curve_page, rules_page, team_page, review_page, project_page), PAGE_PATHS))]
+    else:   # an annotator labels, and reviews what a lead sent them
+        pages = [st.Page(label_page, title="Label", default=True),
+                 st.Page(review_page, title="Review", url_path="review")]
     try:
         st.navigation(pages).run()
     except (StorageError, ProjectError) as exc:  # disk full, a deleted database, missing weights

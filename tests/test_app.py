@@ -1,7 +1,7 @@
 """Each page's logic through Streamlit's AppTest: signing in, roles (an annotator sees the Label
-page only, a refused action says why), the Label page storing the browser widget's answers once
-each and only for images shown to that person, the lead pages, the Team page's conflicts, a large
-auto-accept asking first, and hostile input on the Project page."""
+and Review pages only, a refused action says why), the Label page storing the browser widget's
+answers once each and only for images shown to that person, the lead pages, the Team page's
+conflicts, a large auto-accept asking first, and hostile input on the Project page."""
 
 import sys
 import time
@@ -126,7 +126,7 @@ def test_label_page_stores_widget_answers_once_for_shown_images(app, tmp_path):
     assert project.store.latest_model_version(project.id)["n_labels"] == 20
 
 
-def test_annotator_sees_only_the_label_page_and_lead_pages_refuse(app, tmp_path):
+def test_annotator_sees_the_label_and_review_pages_and_lead_pages_refuse(app, tmp_path):
     app.run()                                              # the demo project and the lead exist
     from loop.people import create_token
     from loop.store import Store
@@ -140,6 +140,9 @@ def test_annotator_sees_only_the_label_page_and_lead_pages_refuse(app, tmp_path)
         at = page(name, token=ana).run()
         assert not at.exception
         assert f"Refused: ana is an annotator: {refused} needs the lead role" in texts(at), name
+    at = page("review_page", token=ana).run()         # theirs: what a lead sent them, nothing yet
+    assert not at.exception and at.title[0].value == "Review: demo"
+    assert "Nothing is sent to you for review" in texts(at)
     at = page("curve_page", token=None).run()
     assert "needs a token: sign in first" in texts(at)
 

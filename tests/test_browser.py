@@ -229,7 +229,7 @@ def test_fast_keys_answer_the_image_on_screen_in_the_real_app(server, tmp_path):
             settle(page)
             page.screenshot(path=str(tmp_path / f"{path.strip('/')}.png"), full_page=True)
 
-        # An annotator's browser: the Label page only; the lead pages are not there for them.
+        # An annotator's browser: the Label and Review pages; the lead pages are not there for them.
         from loop.people import create_token
         from loop.store import Store
         ana = create_token(Store(data / "juicer.db"), "ana", "annotator")
