@@ -107,23 +107,22 @@ def settings_panel(project: Project) -> None:
     # Keyed by the stored settings: changed anywhere (another tab, the command line), the fields
     # show the new values, not what this browser typed before.
     stored = zlib.crc32(project.settings.to_json().encode())
-    with st.expander("Settings of this project"):
-        with st.form("settings"):
-            values = {key: st.number_input(text, value=kind(getattr(project.settings, key)),
-                                           key=f"setting-{key}-{stored}")
-                      for key, (text, kind) in EDITABLE.items()}
-            strategy = st.text_input("Query strategy", project.settings.strategy,
-                                     key=f"setting-strategy-{stored}")
-            if st.form_submit_button("Save settings"):
-                try:
-                    changed = {k: EDITABLE[k][1](v) for k, v in values.items()}
-                    project.update_settings(strategy=strategy.strip(), **changed)
-                    reload_project(project)
-                    note("success", "Saved.")
-                except (ValueError, TypeError) as exc:
-                    st.error(f"Not saved: {exc}")
-                else:
-                    st.rerun()
+    with st.expander("Settings of this project"), st.form("settings"):
+        values = {key: st.number_input(text, value=kind(getattr(project.settings, key)),
+                                       key=f"setting-{key}-{stored}")
+                  for key, (text, kind) in EDITABLE.items()}
+        strategy = st.text_input("Query strategy", project.settings.strategy,
+                                 key=f"setting-strategy-{stored}")
+        if st.form_submit_button("Save settings"):
+            try:
+                changed = {k: EDITABLE[k][1](v) for k, v in values.items()}
+                project.update_settings(strategy=strategy.strip(), **changed)
+                reload_project(project)
+                note("success", "Saved.")
+            except (ValueError, TypeError) as exc:
+                st.error(f"Not saved: {exc}")
+            else:
+                st.rerun()
 
 
 def export_panel(project: Project) -> None:
