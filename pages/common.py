@@ -219,7 +219,8 @@ def last_failure(project: Project) -> str | None:
 
 
 def escape(text: str) -> str:
-    """Text from users or folders, safe inside markdown (no markup, no links, no HTML)."""
+    """Text from users or folders, safe inside markdown (no markup, no links, no HTML). Not for
+    inside a `code span`, where the backslashes it adds would show."""
     text = html.escape(str(text), quote=False)
     for ch in "\\`*_{}[]()#+-.!|~>":
         text = text.replace(ch, "\\" + ch)

@@ -84,8 +84,9 @@ def status(project, rows: list[dict], lead: bool) -> None:
                    "Nothing is sent to you for review. A lead sends suspected labels here.")
     elif lead:
         st.caption("A suspect is a label the model, trained without it, reads as likely wrong "
-                   "(confident learning). Hold-out labels come first: every curve point is scored "
-                   "against them. Send a suspect to a second person, or decide it here."
+                   "(confident learning). Hold-out labels people gave come first (every curve "
+                   "point is scored against them), labels that came with the folder last. Send a "
+                   "suspect to a second person, or decide it here."
                    + (f" The {SHOWN} least likely are shown." if len(rows) > SHOWN else ""))
 
 
@@ -99,6 +100,11 @@ def giver(row: dict) -> str:
     return annotator
 
 
+def chance(p: float) -> str:
+    """A probability as a percentage; one that rounds to 0% says it is small, not none."""
+    return "under 0.1%" if p < 0.0005 else share(p)
+
+
 def card(project, person, row: dict, people: list[str]) -> None:
     image_id, event_id = row["image_id"], row["event_id"]
     key = f"{image_id}-{event_id}"                # a new label on the image: new widgets
@@ -110,28 +116,29 @@ def card(project, person, row: dict, people: list[str]) -> None:
             left.image(data, width=160)
         with right:
             where = HOLDOUT if row["split"] == "holdout" else "training pool"
-            st.markdown(f"`{escape(row['path'])}` ({where})")
+            st.markdown(f"{escape(row['path'])} ({where})")
             st.markdown(f"Label given: **{escape(given)}**, by {giver(row)}. The model's choice: "
-                        f"**{escape(predicted)}**, at **{share(row['p_predicted'])}**; it gives "
-                        f"{escape(given)} **{share(row['p_given'])}** (model v{row['model_version']}).")
+                        f"**{escape(predicted)}**, at **{chance(row['p_predicted'])}**; it gives "
+                        f"{escape(given)} **{chance(row['p_given'])}** (model v{row['model_version']}).")
             if row["assigned_to"]:
                 st.caption(f"sent to {escape(row['assigned_to'])} for review")
-            columns = st.columns(4 + bool(people))
-            columns[0].button(f"Keep {escape(given)}", key=f"keep-{key}", on_click=choose,
-                              args=("kept", image_id, event_id, None))
-            columns[1].button(f"Change to {escape(predicted)}", key=f"change-{key}",
-                              type="primary", on_click=choose,
-                              args=("changed", image_id, event_id, predicted))
+            buttons = st.container(horizontal=True)
+            buttons.button(f"Keep {escape(given)}", key=f"keep-{key}", on_click=choose,
+                           args=("kept", image_id, event_id, None))
+            buttons.button(f"Change to {escape(predicted)}", key=f"change-{key}", type="primary",
+                           on_click=choose, args=("changed", image_id, event_id, predicted))
+            buttons.button("Flag (unclear / none of the classes)", key=f"flag-{key}",
+                           on_click=choose, args=("flagged", image_id, event_id, None))
+            columns = st.columns(2)
             others = [c for c in project.class_names if c not in (given, predicted)]
-            columns[2].selectbox("Another class", others, index=None, key=f"other-{key}",
-                                 disabled=not others,
+            columns[0].selectbox("Another class", others, index=None, key=f"other-{key}",
+                                 disabled=not others, placeholder="Change to another class",
                                  on_change=choose_from, args=(f"other-{key}", "changed", image_id,
                                                               event_id))
-            columns[3].button("Flag (unclear / none of the classes)", key=f"flag-{key}",
-                              on_click=choose, args=("flagged", image_id, event_id, None))
             if people:
                 to = [p for p in people if p not in (row["annotator"], person.name)]
-                columns[4].selectbox("Send to", to, index=None, key=f"send-{key}",
+                columns[1].selectbox("Send to", to, index=None, key=f"send-{key}",
+                                     disabled=not to, placeholder="A second person reviews it",
                                      on_change=choose_from, args=(f"send-{key}", "send", image_id,
                                                                   event_id))
 

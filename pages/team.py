@@ -45,7 +45,7 @@ def conflicts_panel(project, person) -> None:
             with right:
                 force = (f"**{escape(row['in_force'])}** by {escape(row['in_force_by'])}"
                          if row["in_force"] else "no label")
-                st.markdown(f"`{escape(row['path'])}` ({row['split']}): in force {force}")
+                st.markdown(f"{escape(row['path'])} ({row['split']}): in force {force}")
                 for answer in row["answers"]:
                     st.markdown(f"- {escape(answer['annotator'])} said **{escape(answer['class'])}**: "
                                 f"{escape(answer['reason'])}")
@@ -89,7 +89,7 @@ def flags_panel(project, person) -> None:
             data = picture(project, row["path"], 120)
             if data:
                 left.image(data, width=120)
-            right.markdown(f"`{escape(row['path'])}`: flagged by {escape(row['annotator'])}")
+            right.markdown(f"{escape(row['path'])}: flagged by {escape(row['annotator'])}")
             if right.button("Back to the queue", key=f"unflag-{row['image_id']}-{row['annotator']}"):
                 project.store.resolve_flag(project.id, row["image_id"], person.name)
                 st.rerun()

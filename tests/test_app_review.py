@@ -84,8 +84,7 @@ def toasts(at) -> str:
 
 
 def test_the_lead_sees_each_suspect_with_what_was_given_and_what_the_model_reads(review_project):
-    from loop.curve import share
-    from pages.review import giver
+    from pages.review import chance, giver
 
     project, wrong = review_project
     rows = queue(project)
@@ -97,8 +96,8 @@ def test_the_lead_sees_each_suspect_with_what_was_given_and_what_the_model_reads
     assert f"Judged after version **2** of 2: **{len(rows)}** open suspect(s) in all" in said
     for row in rows:
         assert f"Label given: **{row['given']}**, by {giver(row)}." in said
-        assert (f"The model's choice: **{row['predicted']}**, at **{share(row['p_predicted'])}**; "
-                f"it gives {row['given']} **{share(row['p_given'])}**") in said
+        assert (f"The model's choice: **{row['predicted']}**, at **{chance(row['p_predicted'])}**; "
+                f"it gives {row['given']} **{chance(row['p_given'])}**") in said
         assert card_button(at, "keep", row).label == f"Keep {row['given']}"
         assert card_button(at, "change", row).label == f"Change to {row['predicted']}"
     assert "hold-out: every curve point is scored against this label" in said
