@@ -40,19 +40,19 @@ def act(project, person, chosen: tuple | None) -> None:
     try:
         if kind == "send":
             project.store.assign_review(project.id, image_id, value, by=person.name)
-            st.toast(f"Image {image_id} sent to {value} for review.")
+            st.toast(escape(f"Image {image_id} sent to {value} for review."))
             return
         row = suspects.review(project, image_id, person.name, kind, class_name=value,
                               event_id=event_id)
     except StoreError as exc:
-        st.error(str(exc))
+        st.error(escape(str(exc)))        # it may quote a class or a person's name
         return
     said = {"kept": f"kept as {row_class(project, row['class_id'])}",
             "changed": f"changed to {row_class(project, row['class_id'])}",
             "flagged": "withdrawn and flagged for the lead"}[row["decision"]]
     rescored = (f"; {len(row['rescored'])} stored evaluation(s) re-scored"
                 if row["rescored"] else "")
-    st.toast(f"Image {image_id}: label {said}{rescored}.")
+    st.toast(escape(f"Image {image_id}: label {said}{rescored}."))
 
 
 def row_class(project, class_id: int | None) -> str:

@@ -80,7 +80,8 @@ def card_button(at, kind: str, row: dict):
 
 
 def toasts(at) -> str:
-    return " ".join(t.value for t in at.toast)
+    """The toasts as read on screen (without the markdown escapes of `pages.common.escape`)."""
+    return " ".join(t.value for t in at.toast).replace("\\", "")
 
 
 def test_the_lead_sees_each_suspect_with_what_was_given_and_what_the_model_reads(review_project):
@@ -142,6 +143,15 @@ def test_change_keep_and_flag_each_store_a_review_and_leave_the_queue(review_pro
     at.selectbox(key=f"other-{other['image_id']}-{other['event_id']}").select(third).run()
     assert store.current_labels(project.id)[other["image_id"]] == store.class_id(project.id, third)
     at.run()
+    assert len(store.reviews(project.id)) == 4
+
+    # A label given again after the page was drawn: the click is refused, nothing is stored.
+    stale = next(r for r in queue(project) if r["split"] == "pool")
+    at.run()
+    store.add_labels(project.id, [(stale["image_id"], stale["given"])], "ann-a", "human")
+    card_button(at, "change", stale).click().run()
+    assert "changed since it was shown to you" in texts(at)
+    assert store.label_events(project.id, stale["image_id"])[-1]["source"] == "human"
     assert len(store.reviews(project.id)) == 4
 
 
