@@ -31,8 +31,9 @@ sys.path.insert(0, str(REPO / "bench"))
 
 LEAD = "lead-token-for-the-roles-bench-0123456789"
 ROLES = ("lead", "annotator", "revoked", "none")
-# What each role should be able to do: the lead everything, an annotator labeling only.
-LABEL_ACTIONS = {"open Label page", "cli: label"}
+# What each role should be able to do: the lead everything, an annotator labeling and opening the
+# Review page (where they see only the suspects a lead sent them).
+ANNOTATOR_ACTIONS = {"open Label page", "open Review page", "cli: label"}
 # Commands for someone with a shell on the server (who can read the database file anyway); they
 # take no token.
 SERVER_COMMANDS = ("create", "demo", "status", "queue", "token", "roots", "export", "backup",
@@ -41,7 +42,7 @@ SERVER_COMMANDS = ("create", "demo", "status", "queue", "token", "roots", "expor
 
 
 def should_allow(role: str, action: str) -> bool:
-    return role == "lead" or (role == "annotator" and action in LABEL_ACTIONS)
+    return role == "lead" or (role == "annotator" and action in ANNOTATOR_ACTIONS)
 
 
 # -- the app through AppTest --------------------------------------------------------------------
@@ -125,6 +126,7 @@ def app_actions(token: str | None, root: Path, conflict_image: int) -> dict[str,
                                 ("open Curve page", "app.curve_page", "Learning curve: demo"),
                                 ("open Rules page", "app.rules_page", "Decision rules: demo"),
                                 ("open Team page", "team_page", "Team: demo"),
+                                ("open Review page", "app.review_page", "Review: demo"),
                                 ("open Project page", "app.project_page", "Projects")]:
         results[title] = outcome(page(call, token), marker)
 
@@ -358,8 +360,8 @@ def main() -> int:
                     unexpected.append(f"{where}: {role}: {action}: {text}")
     for role, entry in nav.items():
         offered = set(entry["pages offered"])
-        wanted = ({"Label", "Curve", "Rules", "Team", "Project"} if role == "lead" else
-                  {"Label"} if role == "annotator" else {"Sign in"})
+        wanted = ({"Label", "Curve", "Rules", "Team", "Review", "Project"} if role == "lead" else
+                  {"Label", "Review"} if role == "annotator" else {"Sign in"})
         if offered != wanted:
             unexpected.append(f"navigation: {role}: offered {sorted(offered)}, expected {sorted(wanted)}")
         drawn = entry.get("asked for /curve, drawn", [])
