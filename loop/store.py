@@ -1364,6 +1364,13 @@ class Store:
         """The id of the project's newest evaluation (a cheap poll: has a retrain been scored?)."""
         return self._one("SELECT max(id) FROM evaluations WHERE project_id = ?", [project_id])
 
+    def evaluations_stamp(self, project_id: int) -> tuple:
+        """(newest evaluation id, latest re-scoring time): a cheap poll that changes when a
+        retrain is scored or a changed hold-out label re-scored the stored evaluations."""
+        row = self.db.execute("SELECT max(id), max(rescored_at) FROM evaluations WHERE project_id = ?",
+                              [project_id]).fetchone()
+        return tuple(row) if row else (None, None)
+
     def holdout_predictions(self, evaluation_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(image ids, true class ids, probabilities (n, k)) stored with an evaluation."""
         rows = self.db.execute("SELECT image_id, class_id, probs FROM holdout_predictions "
@@ -1426,6 +1433,20 @@ class Store:
     def _role(self, name: str) -> str | None:
         return self._one("SELECT role FROM people WHERE name = ? AND revoked_at IS NULL", [name])
 
+    def _may_review(self, project_id: int, image_id: int, reviewer: str, event_id: int) -> None:
+        """A lead reviews any suspect; an annotator only one a lead sent them (that label); a
+        revoked person none. Names of no person (a replay's simulated reviewer) are the system's."""
+        person = self.query("SELECT role, revoked_at FROM people WHERE name = ?", [reviewer])
+        if not person:
+            return
+        if person[0]["revoked_at"] is not None:
+            raise StoreError(f"{reviewer}'s token was revoked: nothing was stored")
+        if person[0]["role"] != "lead" and not self.query(
+                "SELECT 1 FROM review_assignments WHERE project_id = ? AND image_id = ? AND "
+                "reviewer = ? AND event_id = ?", [project_id, int(image_id), reviewer, event_id]):
+            raise StoreError(f"image {image_id} was not sent to {reviewer} to review; a lead "
+                             "sends suspects to a second person")
+
     def _reviewable(self, project_id: int, image_id: int, reviewer: str,
                     event_id: int | None) -> dict:
         """The label event in force on `image_id`, checked: it is the one the reviewer saw
@@ -1452,6 +1473,7 @@ class Store:
             raise StoreError(f"a review decision is one of {', '.join(REVIEW_DECISIONS)}, got '{decision}'")
         with self.transaction():
             label = self._reviewable(project_id, image_id, reviewer, event_id)
+            self._may_review(project_id, image_id, reviewer, label["id"])
             split = self._one("SELECT split FROM images WHERE id = ?", [int(image_id)])
             new_event = None
             if decision == "changed":
@@ -1484,6 +1506,16 @@ class Store:
                             [project_id, int(image_id)])
             return review
 
+    def open_suspects_count(self, project_id: int, reviewer: str | None = None) -> int:
+        """How many open suspects confident learning flags (for `reviewer`: sent to them)."""
+        sql = "SELECT count(*) FROM suspects s WHERE s.project_id = ? AND s.issue = 1 AND " + self._OPEN_SUSPECT
+        args: list = [project_id]
+        if reviewer:
+            sql += (" AND EXISTS (SELECT 1 FROM review_assignments a WHERE a.project_id = s.project_id "
+                    "AND a.image_id = s.image_id AND a.event_id = s.event_id AND a.reviewer = ?)")
+            args.append(reviewer)
+        return self._one(sql, args) or 0
+
     def reviews(self, project_id: int, split: str | None = None) -> list[dict]:
         sql, args = "SELECT * FROM reviews WHERE project_id = ?", [project_id]
         if split:
@@ -1491,10 +1523,12 @@ class Store:
             args.append(split)
         return self.query(sql + " ORDER BY id", args)
 
-    def assign_review(self, project_id: int, image_id: int, reviewer: str, by: str) -> None:
-        """Send a suspected label to `reviewer` (never the person who gave it)."""
+    def assign_review(self, project_id: int, image_id: int, reviewer: str, by: str,
+                      event_id: int | None = None) -> None:
+        """Send a suspected label (the event `event_id` the lead saw) to `reviewer` (never the
+        person who gave it)."""
         with self.transaction():
-            label = self._reviewable(project_id, image_id, reviewer, None)
+            label = self._reviewable(project_id, image_id, reviewer, event_id)
             if label["annotator"] == reviewer:
                 raise StoreError(f"{reviewer} gave this label; send it to a second person")
             if self._role(reviewer) is None:

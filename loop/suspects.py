@@ -91,7 +91,9 @@ def label_issues(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
         return np.zeros(len(y), bool)
     with warnings.catch_warnings():   # "too few examples in class c": those are judged anyway
         warnings.simplefilter("ignore")
-        return np.asarray(find_label_issues(y, probs, filter_by="prune_by_noise_rate"), bool)
+        # n_jobs=1: the work is small, and cleanlab's default forks a worker pool, which from
+        # the judge thread while the trainer thread is inside BLAS can hang for good.
+        return np.asarray(find_label_issues(y, probs, filter_by="prune_by_noise_rate", n_jobs=1), bool)
 
 
 def ranked(y: np.ndarray, probs: np.ndarray) -> np.ndarray:

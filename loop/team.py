@@ -15,13 +15,14 @@ PEOPLE_SOURCES = ("human", "review")
 
 def ratings(project: Project) -> dict[int, dict[str, int]]:
     """{image id: {person: class index}}: each person's standing answer per image (undone answers
-    left out), from the label log and from the answers kept as conflicts."""
+    left out), from the label log and from the answers kept as conflicts. A lead's settling of a
+    conflict and a review of a suspect are not ratings: their reviewer saw the other answers."""
     store = project.store
     undone = {e["undoes"] for e in store.label_events(project.id) if e["undoes"]}
     out: dict[int, dict[str, int]] = {}
     for event in store.label_events(project.id):
         if (event["source"] not in PEOPLE_SOURCES or event["undoes"] or event["id"] in undone
-                or event["class_id"] is None or event["origin"] in ("retract", "conflict")):
+                or event["class_id"] is None or event["origin"] in ("retract", "conflict", "suspect")):
             continue
         out.setdefault(event["image_id"], {})[event["annotator"]] = project.class_index[event["class_id"]]
     for conflict in store.conflicts(project.id, status=None):

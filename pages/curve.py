@@ -45,8 +45,9 @@ def curve_page() -> None:
     st.title(f"Learning curve: {project.name}")
     with project.store.snapshot():       # the page and the sidebar: one read
         data = read_curve(project)
+        stamp = project.store.evaluations_stamp(project.id)
         page_figures(project)
-    watch_for_new_evaluations(project, data.newest_id)
+    watch_for_new_evaluations(project, stamp)
     if data.last is None:
         st.info("No model yet: the curve starts with the first retrain.")
         return
@@ -62,10 +63,11 @@ def curve_page() -> None:
 
 
 @st.fragment(run_every=POLL_SECONDS)
-def watch_for_new_evaluations(project: Project, shown_id: int | None) -> None:
-    """Draws nothing (so nothing greys out): reruns the whole page only when a retrain was scored
-    since this page was drawn from evaluation `shown_id`."""
-    if project.store.newest_evaluation_id(project.id) != shown_id:
+def watch_for_new_evaluations(project: Project, shown: tuple) -> None:
+    """Draws nothing (so nothing greys out): reruns the whole page only when a retrain was scored,
+    or a changed hold-out label re-scored the evaluations, since this page was drawn (`shown`:
+    `Store.evaluations_stamp` then)."""
+    if project.store.evaluations_stamp(project.id) != shown:
         st.rerun(scope="app")
 
 

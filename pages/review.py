@@ -25,10 +25,12 @@ def review_page() -> None:
     st.title(f"Review: {project.name}")
     act(project, person, st.session_state.pop(CHOSEN, None))
     lead = person.role == "lead"
-    rows = suspects.review_queue(project, reviewer=None if lead else person.name, limit=None)
-    status(project, rows, lead)
+    reviewer = None if lead else person.name
+    with project.store.snapshot():      # the count and the cards: one read
+        rows = suspects.review_queue(project, reviewer=reviewer, limit=SHOWN)
+        status(project, project.store.open_suspects_count(project.id, reviewer), lead)
     people = [p["name"] for p in store().people() if not p["revoked_at"]] if lead else []
-    for row in rows[:SHOWN]:
+    for row in rows:
         card(project, person, row, people)
 
 
@@ -39,7 +41,8 @@ def act(project, person, chosen: tuple | None) -> None:
     kind, image_id, event_id, value = chosen
     try:
         if kind == "send":
-            project.store.assign_review(project.id, image_id, value, by=person.name)
+            project.store.assign_review(project.id, image_id, value, by=person.name,
+                                        event_id=event_id)
             st.toast(escape(f"Image {image_id} sent to {value} for review."))
             return
         row = suspects.review(project, image_id, person.name, kind, class_name=value,
@@ -59,7 +62,7 @@ def row_class(project, class_id: int | None) -> str:
     return next((c["name"] for c in project.class_rows if c["id"] == class_id), "no class")
 
 
-def status(project, rows: list[dict], lead: bool) -> None:
+def status(project, n_open: int, lead: bool) -> None:
     """Which model the suspects were judged after, how many are open, and what the review
     changed on the hold-out set (the yardstick of every curve point)."""
     judged = project.store.suspects_version(project.id)
@@ -68,7 +71,7 @@ def status(project, rows: list[dict], lead: bool) -> None:
         st.markdown("Labels not judged yet: the trainer judges the labels after each retrain.")
     else:
         st.markdown(f"Judged after version **{judged}** of {latest['version'] if latest else judged}: "
-                    f"**{len(rows):,}** open suspect(s)"
+                    f"**{n_open:,}** open suspect(s)"
                     + (" in all" if lead else " sent to you") + ".")
     # Per image: the review that last changed it (an image changed twice is one label changed).
     changed = {r["image_id"]: r for r in project.store.reviews(project.id, split="holdout")
@@ -78,7 +81,7 @@ def status(project, rows: list[dict], lead: bool) -> None:
         st.info(f"{len(changed)} hold-out label(s) changed by review"
                 + (f" ({withdrawn} withdrawn)" if withdrawn else "")
                 + "; stored evaluations re-scored against the labels as they are now.")
-    if not rows:
+    if not n_open:
         st.caption("Nothing to review. After each retrain, heads that never saw a label judge it, "
                    "and the labels they read as likely wrong come here." if lead else
                    "Nothing is sent to you for review. A lead sends suspected labels here.")
@@ -87,7 +90,7 @@ def status(project, rows: list[dict], lead: bool) -> None:
                    "(confident learning). Hold-out labels people gave come first (every curve "
                    "point is scored against them), labels that came with the folder last. Send a "
                    "suspect to a second person, or decide it here."
-                   + (f" The {SHOWN} least likely are shown." if len(rows) > SHOWN else ""))
+                   + (f" The {SHOWN} least likely are shown." if n_open > SHOWN else ""))
 
 
 def giver(row: dict) -> str:

@@ -279,3 +279,32 @@ def test_the_command_line_lists_and_reviews_suspects(noisy_project, paths, capsy
     other = suspects.review_queue(project)[0]
     assert main([*data, "review", "n", str(other["image_id"]), "--send-to", "ana", "--token", ana]) == 2
     assert "lead role" in capsys.readouterr().err
+
+
+def test_an_annotator_reviews_only_what_was_sent_to_them_and_a_revoked_one_nothing(noisy_project):
+    from loop.people import revoke
+    from loop.team import ratings
+
+    project, _, _ = noisy_project
+    store = project.store
+    create_token(store, "rita", "annotator")
+    create_token(store, "sam", "annotator")
+    first, second = [s for s in suspects.review_queue(project) if s["annotator"] == "ann-a"][:2]
+    count = store.open_suspects_count(project.id)
+    assert count == len(suspects.review_queue(project, limit=None)) and count >= 2
+    with pytest.raises(StoreError, match="was not sent to rita"):
+        suspects.review(project, first["image_id"], "rita", "kept", event_id=first["event_id"])
+    with pytest.raises(StoreError, match="changed since"):     # the lead saw an older label
+        store.assign_review(project.id, first["image_id"], "rita", by="lead", event_id=first["event_id"] - 1)
+    store.assign_review(project.id, first["image_id"], "rita", by="lead", event_id=first["event_id"])
+    store.assign_review(project.id, second["image_id"], "sam", by="lead", event_id=second["event_id"])
+    assert store.open_suspects_count(project.id, "rita") == 1
+    with pytest.raises(StoreError, match="was not sent to rita"):   # sam's, not hers
+        suspects.review(project, second["image_id"], "rita", "kept", event_id=second["event_id"])
+    revoke(store, "sam")
+    with pytest.raises(StoreError, match="revoked"):
+        suspects.review(project, second["image_id"], "sam", "kept", event_id=second["event_id"])
+    suspects.review(project, first["image_id"], "rita", "changed", first["predicted"], first["event_id"])
+    assert store.open_suspects_count(project.id, "rita") == 0
+    # A review saw the label and the model's doubt: it is not an independent rating.
+    assert "rita" not in ratings(project).get(first["image_id"], {})
