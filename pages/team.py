@@ -24,7 +24,15 @@ def team_page() -> None:
     suspicion_panel(project)
 
 
+SENT = "team-sent"     # what the last Send to said, shown on the run after its callback
+
+
 def conflicts_panel(project, person) -> None:
+    kind, message = st.session_state.pop(SENT, (None, None))
+    if kind == "error":
+        st.error(escape(message))          # it may quote a person's name
+    elif kind == "toast":
+        st.toast(escape(message))
     rows = team.open_conflicts(project)
     st.subheader(f"Conflicts ({len(rows)} image(s))")
     if not rows:
@@ -62,14 +70,23 @@ def conflicts_panel(project, person) -> None:
                                               index=None, key=f"other-{image_id}")
                 if other:
                     _settle(project, person, image_id, other)
-                send = columns[-1].selectbox("Send to", [p for p in people if p != person.name],
-                                             index=None, key=f"send-{image_id}")
-                if send:
-                    try:
-                        project.store.assign(project.id, image_id, send, by=person.name)
-                        st.rerun()
-                    except StoreError as exc:
-                        st.error(str(exc))
+                # Sent from the widget's callback, which clears the choice: it acts once, where
+                # a value kept across runs sent the image again and reran the page for ever.
+                columns[-1].selectbox("Send to", [p for p in people if p != person.name],
+                                      index=None, key=f"send-{image_id}", on_change=_send,
+                                      args=(project, person, image_id))
+
+
+def _send(project, person, image_id: int) -> None:
+    key = f"send-{image_id}"
+    name, st.session_state[key] = st.session_state.get(key), None
+    if not name:
+        return
+    try:
+        project.store.assign(project.id, image_id, name, by=person.name)
+        st.session_state[SENT] = ("toast", f"Image {image_id} sent to {name} for a third opinion.")
+    except StoreError as exc:
+        st.session_state[SENT] = ("error", str(exc))
 
 
 def flags_panel(project, person) -> None:

@@ -177,6 +177,26 @@ def test_team_page_shows_and_settles_a_conflict(app, tmp_path):
     assert project.store.current_labels(project.id)[image] == project.store.class_id(project.id, "Cow")
 
 
+def test_team_page_sends_a_conflict_to_a_third_person_once(app, tmp_path):
+    app.run()
+    from loop.people import create_token
+    from loop.session import LabelingSession
+    project = open_project(tmp_path)
+    image = [i["id"] for i in project.store.images(project.id, split="pool")
+             if i["id"] not in project.store.current_labels(project.id)][0]
+    LabelingSession(project, "ana").label_batch([(image, "Cat")])
+    LabelingSession(project, "ben").label_batch([(image, "Cow")])
+    create_token(project.store, "cleo", "annotator")
+    at = page("team_page").run()
+    box = next(s for s in at.selectbox if str(s.key) == f"send-{image}")
+    box.set_value("cleo").run(timeout=30)       # a choice that reran the page for ever would time out
+    assert not at.exception
+    assert [a["annotator"] for a in project.store.assignments(project.id)] == ["cleo"]
+    assert "sent to cleo for a third opinion" in texts(at)
+    at.run(timeout=30)                           # a later run does not send it again
+    assert not at.exception
+
+
 def test_large_auto_accept_asks_first_and_says_how_many(app, tmp_path):
     app.run()
     at = page("rules_page").run()
