@@ -182,8 +182,8 @@ def test_team_page_sends_a_conflict_to_a_third_person_once(app, tmp_path):
     from loop.people import create_token
     from loop.session import LabelingSession
     project = open_project(tmp_path)
-    image = [i["id"] for i in project.store.images(project.id, split="pool")
-             if i["id"] not in project.store.current_labels(project.id)][0]
+    image = next(i["id"] for i in project.store.images(project.id, split="pool")
+                 if i["id"] not in project.store.current_labels(project.id))
     LabelingSession(project, "ana").label_batch([(image, "Cat")])
     LabelingSession(project, "ben").label_batch([(image, "Cow")])
     create_token(project.store, "cleo", "annotator")

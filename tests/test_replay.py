@@ -140,3 +140,27 @@ def test_cold_start_seeds_are_picked_blind_to_the_folders(tmp_path, demo_project
     from loop.settings import Settings
     with pytest.raises(ValueError, match="seed_picker must be one of random, cold-start"):
         Settings(seed_picker="folders")
+
+
+def test_a_replay_with_review_spends_reviews_from_its_budget_and_fixes_labels(tmp_path, demo_project):
+    from loop.noise import answers_at_versions
+    from loop.project import Project
+
+    rows = run(tmp_path / "r", strategy="random", labeler="noisy:0.3", budget=60, seed_per_class=3,
+               review_every=2, review_size=4)
+    project = Project.open("replay", tmp_path / "r" / "replay")
+    store = project.store
+    reviews = store.reviews(project.id)
+    simulated = [e for e in store.label_events(project.id) if e["source"] == "simulated"]
+    assert reviews and len(simulated) + len(reviews) == 60          # reviews count as answers
+    assert all(r["reviewer"] == "simulated-reviewer" for r in reviews)
+    truth = {i["id"]: i["known_class_id"] for i in store.images(project.id)}
+    for r in reviews:                     # the reviewer answers from ground truth, as events
+        assert (r["decision"] == "changed") == (r["old_class_id"] != truth[r["image_id"]])
+    changed = [r for r in reviews if r["decision"] == "changed"]
+    assert changed and all(store.current_labels(project.id)[r["image_id"]] == truth[r["image_id"]]
+                           for r in changed)
+    spent = answers_at_versions(project)
+    assert spent[rows[-1]["version"]] == 60 and spent[rows[0]["version"]] == 0
+    with pytest.raises(ValueError, match="both"):
+        run(tmp_path / "bad", review_every=2, review_size=0)
