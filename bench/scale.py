@@ -24,14 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loop.embeddings import EmbeddingCache  # noqa: E402
-from loop.strategies import _normalize, pick  # noqa: E402
+from loop.embeddings import EmbeddingCache
+from loop.strategies import pick, unit_rows
 
 
 def real_embeddings(cache_dir: Path, backbone: str) -> np.ndarray:
-    cache = EmbeddingCache(cache_dir, backbone)
-    cache.missing([])                       # reads every shard
-    return np.concatenate([np.asarray(s) for s in cache._shards]) if cache._shards else np.zeros((0, 0))
+    return EmbeddingCache(cache_dir, backbone).all()
 
 
 def coverage(points: np.ndarray, picks: np.ndarray, chunk: int = 20000) -> float:
@@ -74,7 +72,7 @@ def main() -> int:
     rng = np.random.default_rng(0)
     X = real[rng.integers(len(real), size=args.pool)]
     X = (X + 0.05 * X.std(0) * rng.normal(size=X.shape)).astype(np.float32)
-    unit = _normalize(X)
+    unit = unit_rows(X)
     # Probabilities as a head gives them: a softmax of a random linear map (only their ranking
     # matters to margin and hybrid).
     W = rng.normal(size=(X.shape[1], args.classes)).astype(np.float32) / np.sqrt(X.shape[1])
@@ -98,7 +96,7 @@ def main() -> int:
             available = {"probabilities": probs[candidates], "embeddings": X[candidates],
                          "labeled": labeled, "n_classes": args.classes}
             try:
-                picked, seconds, peak = timed(lambda: pick(name, args.n, np.random.default_rng(1), **available))
+                picked, seconds, peak = timed(lambda name=name, available=available: pick(name, args.n, np.random.default_rng(1), **available))
             except MemoryError as exc:
                 rows.append((name, where, float("nan"), float("nan"), float("nan")))
                 print(f"{name} on the {where}: {exc}")

@@ -52,6 +52,15 @@ class EmbeddingCache:
                 self._index.setdefault(key, (shard, row))
             self._seen.add(hashes_file.name)
 
+    def all(self) -> np.ndarray:
+        """Every cached embedding of this backbone, (n, d) float32, in shard order (a copy: for
+        benchmarks over real embeddings, not for a project's images, which `get` reads by hash)."""
+        with self._lock:
+            self._refresh()
+            if not self._shards:
+                return np.zeros((0, 0), np.float32)
+            return np.concatenate([np.asarray(s, dtype=np.float32) for s in self._shards])
+
     def __contains__(self, key: str) -> bool:
         return not self.missing([key])
 

@@ -88,7 +88,12 @@ def entropy(probabilities: np.ndarray, n: int, rng: np.random.Generator) -> np.n
 
 # -- diversity and typicality ------------------------------------------------------------------
 
-def _normalize(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (float32): cosine geometry for the diversity strategies.
+
+    >>> unit_rows(np.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
+    [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
+    """
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -120,7 +125,7 @@ def kcenter_greedy(points: np.ndarray, anchors: np.ndarray, n: int) -> np.ndarra
 @strategy
 def kcenter(embeddings: np.ndarray, labeled: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """Diversity: the images farthest from everything labeled (core-set, greedy k-center)."""
-    return kcenter_greedy(_normalize(embeddings), _normalize(labeled) if len(labeled) else
+    return kcenter_greedy(unit_rows(embeddings), unit_rows(labeled) if len(labeled) else
                           np.zeros((0, embeddings.shape[1]), np.float32), n)
 
 
@@ -132,7 +137,7 @@ def hybrid(probabilities: np.ndarray, embeddings: np.ndarray, n: int, rng: np.ra
     other classes still have candidates, so a rare class is not starved."""
     ranked = margin(probabilities, len(probabilities), rng)
     shortlist = ranked[:3 * n]
-    groups = kmeans(_normalize(embeddings[shortlist]), n, rng) if len(shortlist) > n else np.arange(len(shortlist))
+    groups = kmeans(unit_rows(embeddings[shortlist]), n, rng) if len(shortlist) > n else np.arange(len(shortlist))
     # shortlist is in margin order, so the first member of each group is its most uncertain.
     _, first = np.unique(groups, return_index=True)
     leaders = shortlist[np.sort(first)]
@@ -170,8 +175,8 @@ def typiclust(embeddings: np.ndarray, labeled: np.ndarray, n: int, rng: np.rando
     """Cold start (TypiClust): cluster everything into (labeled + n) clusters and, from the
     largest clusters that hold no labeled image, take the most typical image (densest: the
     smallest mean distance to its 20 nearest neighbours)."""
-    pool = _normalize(embeddings)
-    known = _normalize(labeled) if len(labeled) else np.zeros((0, pool.shape[1]), np.float32)
+    pool = unit_rows(embeddings)
+    known = unit_rows(labeled) if len(labeled) else np.zeros((0, pool.shape[1]), np.float32)
     everything = np.concatenate([pool, known])
     clusters = kmeans(everything, len(known) + n, rng)
     pool_clusters, covered = clusters[:len(pool)], set(clusters[len(pool):].tolist())
