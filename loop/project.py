@@ -341,9 +341,10 @@ class Project:
                                "finished (it is running, or it stopped: create the project again "
                                "with the same folder and classes to finish it)")
         self.embed(on_progress)
-        if not self.store.images(self.id, split="holdout"):
+        # Opening a project reads one row for each of these, never the whole log.
+        if not self.store.has_images(self.id, "holdout"):
             self.draw_holdout()
-        if not any(e["source"] == "seed" for e in self.store.label_events(self.id)):
+        if not self.store.has_events(self.id, "seed"):
             self.draw_seeds()
         if self.store.latest_model_version(self.id) is None:
             self.retrain()   # the first version, from the seeds (None while they are too few)

@@ -588,6 +588,16 @@ class Store:
             args += list(exclude_sources)
         return self._one(sql, args) or 0
 
+    def has_events(self, project_id: int, source: str) -> bool:
+        """Whether any label event of `source` was ever stored (one indexed row, not the log)."""
+        return bool(self.query("SELECT 1 FROM label_events WHERE project_id = ? AND source = ? LIMIT 1",
+                               [project_id, source]))
+
+    def has_images(self, project_id: int, split: str) -> bool:
+        """Whether the split holds any image that is not skipped (one row, not the split)."""
+        return bool(self.query("SELECT 1 FROM images WHERE project_id = ? AND split = ? AND "
+                               "status = 'ok' LIMIT 1", [project_id, split]))
+
     def label_events(self, project_id: int, image_id: int | None = None,
                      annotator: str | None = None) -> list[dict]:
         sql, args = "SELECT * FROM label_events WHERE project_id = ?", [project_id]
