@@ -162,6 +162,7 @@ INDEXES = [
     ("images", ["project_id", "hash"], False),
     ("label_events", ["project_id", "image_id"], False),
     ("label_events", ["project_id", "annotator"], False),
+    ("label_events", ["project_id", "source"], False),
     ("model_versions", ["project_id", "version"], True),
     ("evaluations", ["project_id", "model_version_id"], False),
     ("conflicts", ["project_id", "status"], False),
