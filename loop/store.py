@@ -1423,9 +1423,19 @@ class Store:
         (`score`, the probability of the label given) first. With the image's path and who it
         is assigned to for review. `reviewer`: only those assigned to them. `issues_only`: only
         those confident learning flags."""
-        sql = ("SELECT s.*, i.path, a.reviewer AS assigned_to FROM suspects s "
-               "JOIN images i ON i.id = s.image_id LEFT JOIN review_assignments a ON "
-               "a.project_id = s.project_id AND a.image_id = s.image_id AND a.event_id = s.event_id "
+        where, args = self._suspects_where(project_id, reviewer, issues_only, open_only)
+        sql = ("SELECT s.*, i.path, a.reviewer AS assigned_to " + where +
+               " ORDER BY CASE WHEN s.annotator = 'folder' THEN 2 + (CASE WHEN s.split = 'holdout' "
+               "THEN 0 ELSE 1 END) WHEN s.split = 'holdout' THEN 0 ELSE 1 END, s.score, s.image_id")
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self.query(sql, args)
+
+    def _suspects_where(self, project_id: int, reviewer: str | None, issues_only: bool,
+                        open_only: bool) -> tuple[str, list]:
+        """The FROM and WHERE of the judged labels asked for (see `suspects`), and its arguments."""
+        sql = ("FROM suspects s JOIN images i ON i.id = s.image_id LEFT JOIN review_assignments a "
+               "ON a.project_id = s.project_id AND a.image_id = s.image_id AND a.event_id = s.event_id "
                "WHERE s.project_id = ?")
         args: list = [project_id]
         if open_only:
@@ -1435,43 +1445,36 @@ class Store:
         if reviewer:
             sql += " AND a.reviewer = ?"
             args.append(reviewer)
-        sql += (" ORDER BY CASE WHEN s.annotator = 'folder' THEN 2 + (CASE WHEN s.split = 'holdout' "
-                "THEN 0 ELSE 1 END) WHEN s.split = 'holdout' THEN 0 ELSE 1 END, s.score, s.image_id")
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return self.query(sql, args)
+        return sql, args
 
     def _role(self, name: str) -> str | None:
         return self._one("SELECT role FROM people WHERE name = ? AND revoked_at IS NULL", [name])
 
-    def _may_review(self, project_id: int, image_id: int, reviewer: str, event_id: int) -> None:
-        """A lead reviews any suspect; an annotator only one a lead sent them (that label); a
-        revoked person none. Names of no person (a replay's simulated reviewer) are the system's."""
+    def _may_review(self, project_id: int, image_id: int, reviewer: str, label: dict) -> None:
+        """Nobody reviews their own label but a lead; a lead reviews any suspect, an annotator only
+        one a lead sent them (that label), a revoked person none. A name of no person (a replay's
+        simulated reviewer) is the system's."""
         person = self.query("SELECT role, revoked_at FROM people WHERE name = ?", [reviewer])
-        if not person:
-            return
-        if person[0]["revoked_at"] is not None:
+        role = person[0]["role"] if person and person[0]["revoked_at"] is None else None
+        if person and role is None:
             raise StoreError(f"{reviewer}'s token was revoked: nothing was stored")
-        if person[0]["role"] != "lead" and not self.query(
+        if label["annotator"] == reviewer and role != "lead":
+            raise StoreError(f"{reviewer} gave this label; a second person must review it")
+        if person and role != "lead" and not self.query(
                 "SELECT 1 FROM review_assignments WHERE project_id = ? AND image_id = ? AND "
-                "reviewer = ? AND event_id = ?", [project_id, int(image_id), reviewer, event_id]):
+                "reviewer = ? AND event_id = ?", [project_id, int(image_id), reviewer, label["id"]]):
             raise StoreError(f"image {image_id} was not sent to {reviewer} to review; a lead "
                              "sends suspects to a second person")
 
-    def _reviewable(self, project_id: int, image_id: int, reviewer: str,
-                    event_id: int | None) -> dict:
-        """The label event in force on `image_id`, checked: it is the one the reviewer saw
-        (`event_id`), it is a label, and the reviewer did not give it (a lead may review their own)."""
-        event = self._one("SELECT max(id) FROM label_events WHERE project_id = ? AND image_id = ?",
-                          [project_id, int(image_id)])
-        row = self.query("SELECT * FROM label_events WHERE id = ?", [event])[0] if event else None
+    def _reviewable(self, project_id: int, image_id: int, event_id: int | None) -> dict:
+        """The label event in force on `image_id`, checked: it is a label, and the one the
+        reviewer saw (`event_id`)."""
+        row = self._in_force(project_id, int(image_id))
         if row is None or row["class_id"] is None:
             raise StoreError(f"image {image_id} has no label to review")
         if event_id is not None and row["id"] != int(event_id):
             raise StoreError(f"the label of image {image_id} changed since it was shown to you "
                              f"(by {row['annotator']}); nothing was stored, look at it again")
-        if row["annotator"] == reviewer and self._role(reviewer) != "lead":
-            raise StoreError(f"{reviewer} gave this label; a second person must review it")
         return row
 
     def review_label(self, project_id: int, image_id: int, reviewer: str, decision: str,
@@ -1483,8 +1486,8 @@ class Store:
         if decision not in REVIEW_DECISIONS:
             raise StoreError(f"a review decision is one of {', '.join(REVIEW_DECISIONS)}, got '{decision}'")
         with self.transaction():
-            label = self._reviewable(project_id, image_id, reviewer, event_id)
-            self._may_review(project_id, image_id, reviewer, label["id"])
+            label = self._reviewable(project_id, image_id, event_id)
+            self._may_review(project_id, image_id, reviewer, label)
             split = self._one("SELECT split FROM images WHERE id = ?", [int(image_id)])
             new_event = None
             if decision == "changed":
@@ -1519,13 +1522,8 @@ class Store:
 
     def open_suspects_count(self, project_id: int, reviewer: str | None = None) -> int:
         """How many open suspects confident learning flags (for `reviewer`: sent to them)."""
-        sql = "SELECT count(*) FROM suspects s WHERE s.project_id = ? AND s.issue = 1 AND " + self._OPEN_SUSPECT
-        args: list = [project_id]
-        if reviewer:
-            sql += (" AND EXISTS (SELECT 1 FROM review_assignments a WHERE a.project_id = s.project_id "
-                    "AND a.image_id = s.image_id AND a.event_id = s.event_id AND a.reviewer = ?)")
-            args.append(reviewer)
-        return self._one(sql, args) or 0
+        where, args = self._suspects_where(project_id, reviewer, issues_only=True, open_only=True)
+        return self._one("SELECT count(*) " + where, args) or 0
 
     def reviews(self, project_id: int, split: str | None = None) -> list[dict]:
         sql, args = "SELECT * FROM reviews WHERE project_id = ?", [project_id]
@@ -1539,7 +1537,7 @@ class Store:
         """Send a suspected label (the event `event_id` the lead saw) to `reviewer` (never the
         person who gave it)."""
         with self.transaction():
-            label = self._reviewable(project_id, image_id, reviewer, event_id)
+            label = self._reviewable(project_id, image_id, event_id)
             if label["annotator"] == reviewer:
                 raise StoreError(f"{reviewer} gave this label; send it to a second person")
             if self._role(reviewer) is None:
