@@ -218,8 +218,7 @@ def cmd_review(args) -> int:
     project = _open(args)
     store = project.store
     if args.image is None:
-        latest = store.latest_model_version(project.id)
-        if args.judge or (latest and store.suspects_version(project.id) != latest["version"]):
+        if args.judge or suspects.behind(project):
             suspects.judge(project)      # the trainer does this after each retrain; now, if behind
         lead = person.can("resolve")
         rows = suspects.review_queue(project, reviewer=None if lead else person.name, limit=args.n)

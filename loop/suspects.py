@@ -112,6 +112,12 @@ def top_count(n: int, share: float = TOP_SHARE) -> int:
 
 # -- judging a project's labels ----------------------------------------------------------------
 
+def behind(project) -> bool:
+    """Whether the stored judgement is older than the newest model version (none yet: False)."""
+    latest = project.store.latest_model_version(project.id)
+    return latest is not None and project.store.suspects_version(project.id) != latest["version"]
+
+
 def judge(project, folds: int = FOLDS) -> dict | None:
     """Judge every label in force against the newest model version and store the result (see
     `Store.suspects`). Returns {"version", "judged", "issues", "holdout_judged", "holdout_issues",

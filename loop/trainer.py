@@ -144,12 +144,7 @@ class Trainer:
             try:
                 self.cycle()
             except Exception as exc:  # a failed cycle must not kill the worker; it is reported
-                self.errors.append(traceback.format_exc())
-                try:
-                    self.project.store.log(self.project.id, "retrain_failed",
-                                           f"{type(exc).__name__}: {exc}")
-                except StorageError:
-                    pass
+                self._report(self.errors, "retrain_failed", exc)
                 time.sleep(self.poll_seconds)   # and retried on the next cycle, not in a tight loop
             with self._condition:
                 self._condition.notify_all()
@@ -200,12 +195,9 @@ class Trainer:
         finally:
             store.release_training(project.id, self.owner)
 
-
     def judge(self) -> dict | None:
         """Judge the labels now if the stored judgement is older than the newest version."""
-        store, pid = self.project.store, self.project.id
-        latest = store.latest_model_version(pid)
-        if latest is None or store.suspects_version(pid) == latest["version"]:
+        if not suspects.behind(self.project):
             return None
         result = suspects.judge(self.project)
         if result is not None:
@@ -215,11 +207,9 @@ class Trainer:
     def wait_judged(self, timeout: float | None = None) -> bool:
         """Block until the stored judgement covers the newest version (tests, tools)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        store, pid = self.project.store, self.project.id
         with self._condition:
             while True:
-                latest = store.latest_model_version(pid)
-                if latest is None or store.suspects_version(pid) == latest["version"]:
+                if not suspects.behind(self.project):
                     return True
                 if self._stop or (deadline is not None and time.monotonic() > deadline):
                     return False
@@ -235,15 +225,17 @@ class Trainer:
             try:
                 self.judge()
             except Exception as exc:  # reported like a failed retrain; the next version retries
-                self.judge_errors.append(traceback.format_exc())
-                try:
-                    self.project.store.log(self.project.id, "judge_failed",
-                                           f"{type(exc).__name__}: {exc}")
-                except StorageError:
-                    pass
+                self._report(self.judge_errors, "judge_failed", exc)
             with self._condition:
                 self._condition.notify_all()
 
+    def _report(self, errors: list[str], kind: str, exc: Exception) -> None:
+        """Keep a worker's failure (traceback in `errors`) and tell the pages (project log)."""
+        errors.append(traceback.format_exc())
+        try:
+            self.project.store.log(self.project.id, kind, f"{type(exc).__name__}: {exc}")
+        except StorageError:
+            pass   # the database is gone: the traceback is kept here
 
 _trainers: dict[tuple[str, int], Trainer] = {}
 _trainers_lock = threading.Lock()
