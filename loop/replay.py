@@ -103,8 +103,8 @@ def write_curve(rows: list[dict], out: Path, title: str) -> tuple[Path, Path]:
 
 def simulated_review(project, truth_class: dict[int, int], n: int,
                      reviewer: str = "simulated-reviewer") -> tuple[int, int]:
-    """Judge the labels, then answer up to `n` open suspects (hold-out first, then the least
-    likely) from ground truth `truth_class` (image id -> class id). Returns (reviewed, changed)."""
+    """Judge the labels, then answer up to `n` open suspects (in the review queue's order) from
+    ground truth `truth_class` (image id -> class id). Returns (reviewed, changed)."""
     from loop import suspects
 
     suspects.judge(project)
@@ -150,7 +150,6 @@ def replay(dataset: str, out: str | Path, strategy: str = "auto", labeler: str =
         raise ProjectError(f"'{dataset}' has unlabeled images; a replay needs a labeled folder "
                            "(one sub-folder per class)")
     truth = {i["id"]: project.class_index[i["known_class_id"]] for i in pool}
-    pool_truth_class = {i["id"]: i["known_class_id"] for i in pool}
     truth_class = {i["id"]: i["known_class_id"] for i in project.store.images(project.id)}
     rng = np.random.default_rng([seed, 3])
     trainer = Trainer(project, rank_queue=False, judge_labels=False)   # starts from the version trained on the seeds
@@ -194,7 +193,7 @@ def replay(dataset: str, out: str | Path, strategy: str = "auto", labeler: str =
     if auto_accept:
         from loop.autoaccept import audit_report, auto_accepted
         auto = auto_accepted(project)
-        wrong = sum(e["class_id"] != pool_truth_class[e["image_id"]] for e in auto)
+        wrong = sum(e["class_id"] != truth_class[e["image_id"]] for e in auto)
         report = audit_report(project)
         log(f"auto-accept at precision {auto_accept}: {len(auto)} labels, {wrong} wrong "
             f"({(1 - wrong / len(auto)) if auto else float('nan'):.3f} precision); audit measured "
