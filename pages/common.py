@@ -3,6 +3,7 @@ project chosen in the sidebar, and images scaled for display. Thin: decisions li
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 from pathlib import Path
@@ -225,6 +226,19 @@ def escape(text: str) -> str:
     for ch in "\\`*_{}[]()#+-.!|~>":
         text = text.replace(ch, "\\" + ch)
     return text
+
+
+@contextlib.contextmanager
+def image_card(project: Project, path: str, size: int):
+    """`with image_card(project, path, 120):` a bordered card, the image on its left (see
+    `picture`); what the block draws goes in the column beside it."""
+    with st.container(border=True):
+        left, right = st.columns([1, 4])
+        data = picture(project, path, size)
+        if data:
+            left.image(data, width=size)
+        with right:
+            yield
 
 
 def picture(project: Project, path: str, size: int) -> bytes | None:

@@ -12,7 +12,7 @@ import streamlit as st
 from loop import suspects
 from loop.curve import share
 from loop.store import StoreError
-from pages.common import allowed, escape, picture, sidebar, store
+from pages.common import allowed, escape, image_card, sidebar, store
 
 CHOSEN = "review-chosen"      # (kind, image id, event id, class or person) awaiting the next run
 SHOWN = 50                    # cards drawn at once; the count above says how many are open
@@ -112,38 +112,33 @@ def card(project, person, row: dict, people: list[str]) -> None:
     image_id, event_id = row["image_id"], row["event_id"]
     key = f"{image_id}-{event_id}"                # a new label on the image: new widgets
     given, predicted = row["given"], row["predicted"]
-    with st.container(border=True):
-        left, right = st.columns([1, 4])
-        data = picture(project, row["path"], 160)
-        if data:
-            left.image(data, width=160)
-        with right:
-            where = HOLDOUT if row["split"] == "holdout" else "training pool"
-            st.markdown(f"{escape(row['path'])} ({where})")
-            st.markdown(f"Label given: **{escape(given)}**, by {giver(row)}. The model's choice: "
-                        f"**{escape(predicted)}**, at **{chance(row['p_predicted'])}**; it gives "
-                        f"{escape(given)} **{chance(row['p_given'])}** (model v{row['model_version']}).")
-            if row["assigned_to"]:
-                st.caption(f"sent to {escape(row['assigned_to'])} for review")
-            buttons = st.container(horizontal=True)
-            buttons.button(f"Keep {escape(given)}", key=f"keep-{key}", on_click=choose,
-                           args=("kept", image_id, event_id, None))
-            buttons.button(f"Change to {escape(predicted)}", key=f"change-{key}", type="primary",
-                           on_click=choose, args=("changed", image_id, event_id, predicted))
-            buttons.button("Flag (unclear / none of the classes)", key=f"flag-{key}",
-                           on_click=choose, args=("flagged", image_id, event_id, None))
-            columns = st.columns(2)
-            others = [c for c in project.class_names if c not in (given, predicted)]
-            columns[0].selectbox("Another class", others, index=None, key=f"other-{key}",
-                                 disabled=not others, placeholder="Change to another class",
-                                 on_change=choose_from, args=(f"other-{key}", "changed", image_id,
+    with image_card(project, row["path"], 160):
+        where = HOLDOUT if row["split"] == "holdout" else "training pool"
+        st.markdown(f"{escape(row['path'])} ({where})")
+        st.markdown(f"Label given: **{escape(given)}**, by {giver(row)}. The model's choice: "
+                    f"**{escape(predicted)}**, at **{chance(row['p_predicted'])}**; it gives "
+                    f"{escape(given)} **{chance(row['p_given'])}** (model v{row['model_version']}).")
+        if row["assigned_to"]:
+            st.caption(f"sent to {escape(row['assigned_to'])} for review")
+        buttons = st.container(horizontal=True)
+        buttons.button(f"Keep {escape(given)}", key=f"keep-{key}", on_click=choose,
+                       args=("kept", image_id, event_id, None))
+        buttons.button(f"Change to {escape(predicted)}", key=f"change-{key}", type="primary",
+                       on_click=choose, args=("changed", image_id, event_id, predicted))
+        buttons.button("Flag (unclear / none of the classes)", key=f"flag-{key}",
+                       on_click=choose, args=("flagged", image_id, event_id, None))
+        columns = st.columns(2)
+        others = [c for c in project.class_names if c not in (given, predicted)]
+        columns[0].selectbox("Another class", others, index=None, key=f"other-{key}",
+                             disabled=not others, placeholder="Change to another class",
+                             on_change=choose_from, args=(f"other-{key}", "changed", image_id,
+                                                          event_id))
+        if people:
+            to = [p for p in people if p not in (row["annotator"], person.name)]
+            columns[1].selectbox("Send to", to, index=None, key=f"send-{key}",
+                                 disabled=not to, placeholder="A second person reviews it",
+                                 on_change=choose_from, args=(f"send-{key}", "send", image_id,
                                                               event_id))
-            if people:
-                to = [p for p in people if p not in (row["annotator"], person.name)]
-                columns[1].selectbox("Send to", to, index=None, key=f"send-{key}",
-                                     disabled=not to, placeholder="A second person reviews it",
-                                     on_change=choose_from, args=(f"send-{key}", "send", image_id,
-                                                                  event_id))
 
 
 def choose(kind: str, image_id: int, event_id: int, value: str | None) -> None:

@@ -11,7 +11,7 @@ import streamlit as st
 from loop import suspects, team
 from loop.curve import share
 from loop.store import StoreError
-from pages.common import allowed, escape, picture, sidebar, store
+from pages.common import allowed, escape, image_card, sidebar, store
 
 
 def team_page() -> None:
@@ -45,36 +45,31 @@ def conflicts_panel(project, person) -> None:
     people = [p["name"] for p in store().people() if not p["revoked_at"]]
     for row in rows[:50]:
         image_id = row["image_id"]
-        with st.container(border=True):
-            left, right = st.columns([1, 4])
-            data = picture(project, row["path"], 120)
-            if data:
-                left.image(data, width=120)
-            with right:
-                force = (f"**{escape(row['in_force'])}** by {escape(row['in_force_by'])}"
-                         if row["in_force"] else "no label")
-                st.markdown(f"{escape(row['path'])} ({row['split']}): in force {force}")
-                for answer in row["answers"]:
-                    st.markdown(f"- {escape(answer['annotator'])} said **{escape(answer['class'])}**: "
-                                f"{escape(answer['reason'])}")
-                if row["sent_to"]:
-                    st.caption(f"sent to {escape(row['sent_to'])} for a third opinion")
-                choices = list(dict.fromkeys([c for c in [row["in_force"]] +
-                                              [a["class"] for a in row["answers"]] if c]))
-                columns = st.columns(len(choices) + 2)
-                for k, choice in enumerate(choices):
-                    if columns[k].button(f"Label it {choice}", key=f"take-{image_id}-{k}"):
-                        _settle(project, person, image_id, choice)
-                other = columns[-2].selectbox("Another class", [c for c in project.class_names
-                                                                if c not in choices],
-                                              index=None, key=f"other-{image_id}")
-                if other:
-                    _settle(project, person, image_id, other)
-                # Sent from the widget's callback, which clears the choice: it acts once, where
-                # a value kept across runs sent the image again and reran the page for ever.
-                columns[-1].selectbox("Send to", [p for p in people if p != person.name],
-                                      index=None, key=f"send-{image_id}", on_change=_send,
-                                      args=(project, person, image_id))
+        with image_card(project, row["path"], 120):
+            force = (f"**{escape(row['in_force'])}** by {escape(row['in_force_by'])}"
+                     if row["in_force"] else "no label")
+            st.markdown(f"{escape(row['path'])} ({row['split']}): in force {force}")
+            for answer in row["answers"]:
+                st.markdown(f"- {escape(answer['annotator'])} said **{escape(answer['class'])}**: "
+                            f"{escape(answer['reason'])}")
+            if row["sent_to"]:
+                st.caption(f"sent to {escape(row['sent_to'])} for a third opinion")
+            choices = list(dict.fromkeys([c for c in [row["in_force"]] +
+                                          [a["class"] for a in row["answers"]] if c]))
+            columns = st.columns(len(choices) + 2)
+            for k, choice in enumerate(choices):
+                if columns[k].button(f"Label it {choice}", key=f"take-{image_id}-{k}"):
+                    _settle(project, person, image_id, choice)
+            other = columns[-2].selectbox("Another class", [c for c in project.class_names
+                                                            if c not in choices],
+                                          index=None, key=f"other-{image_id}")
+            if other:
+                _settle(project, person, image_id, other)
+            # Sent from the widget's callback, which clears the choice: it acts once, where
+            # a value kept across runs sent the image again and reran the page for ever.
+            columns[-1].selectbox("Send to", [p for p in people if p != person.name],
+                                  index=None, key=f"send-{image_id}", on_change=_send,
+                                  args=(project, person, image_id))
 
 
 def _send(project, person, image_id: int) -> None:
@@ -101,13 +96,9 @@ def flags_panel(project, person) -> None:
     st.caption("Flagged images are not labels: they are left out of training and exports, and "
                "out of everyone's queue until you send them back (never to who flagged them).")
     for row in rows[:50]:
-        with st.container(border=True):
-            left, right = st.columns([1, 4])
-            data = picture(project, row["path"], 120)
-            if data:
-                left.image(data, width=120)
-            right.markdown(f"{escape(row['path'])}: flagged by {escape(row['annotator'])}")
-            if right.button("Back to the queue", key=f"unflag-{row['image_id']}-{row['annotator']}"):
+        with image_card(project, row["path"], 120):
+            st.markdown(f"{escape(row['path'])}: flagged by {escape(row['annotator'])}")
+            if st.button("Back to the queue", key=f"unflag-{row['image_id']}-{row['annotator']}"):
                 project.store.resolve_flag(project.id, row["image_id"], person.name)
                 st.rerun()
 
