@@ -155,7 +155,7 @@ def judge(project, folds: int = FOLDS) -> dict | None:
         rows += _rows(project, events, ids[judged], y[judged], probs, flagged, "pool")
     holdout_ids, _, holdout_probs = holdout
     if len(holdout_ids):
-        index = {c["id"]: k for k, c in enumerate(project.class_rows)}
+        index = project.class_index
         # Scored against the hold-out labels in force now (a review may have changed one since).
         current = {int(i): events[int(i)]["class_id"] for i in holdout_ids if int(i) in events}
         keep = np.array([current.get(int(i)) is not None for i in holdout_ids], bool)
@@ -214,7 +214,7 @@ def rescore(project, image_id: int, class_id: int | None) -> list[int]:
     stored per-image predictions, with the image's label now `class_id` (None: left out).
     Returns the evaluation ids re-scored."""
     store = project.store
-    index = {c["id"]: k for k, c in enumerate(project.class_rows)}
+    index = project.class_index
     with store.transaction():
         store.set_holdout_truth(project.id, image_id, class_id)
         evaluation_ids = store.evaluations_with_image(project.id, image_id)
