@@ -327,6 +327,53 @@ def cmd_retrain(args) -> int:
     return 0
 
 
+def _print_tuning(row: dict) -> None:
+    before, after = row["holdout_before"], row["holdout_after"]
+    scores = ("" if before is None or after is None else
+              f"; hold-out {after:.3f} on it against {before:.3f} ({row['n_holdout']} images)")
+    seconds = (row["tune_seconds"] or 0) + (row["embed_seconds"] or 0)
+    print(f"{row['key']}: {row['status']}, top from block {row['start_block']} trained on "
+          f"{row['n_labels'] or 0:,} labels, {row['embedded'] or 0:,} of {row['total'] or 0:,} images "
+          f"embedded, {seconds:.0f} s{scores}" + (f"; {row['message']}" if row["message"] else ""))
+
+
+def cmd_fine_tune(args) -> int:
+    from loop import tuning
+
+    project = _open(args)
+    if args.list:
+        for row in project.store.backbone_versions(project.id):
+            _print_tuning(row)
+        print(f"heads train on: {project.features_key}")
+        return 0
+    if args.revert:
+        row = tuning.revert(project)
+        if row is None:
+            print(f"nothing to revert: heads train on {project.features_key}")
+            return 1
+        print(f"{row['key']} retired; heads train on {project.features_key} from the next retrain")
+        return 0
+    job = tuning.running_job(project)
+    if job is None or not tuning.abandoned(job):     # an abandoned job is resumed, offered or not
+        ok, why = tuning.offered(project)
+        if not ok and not args.anyway:
+            print(f"fine-tuning is not offered: {why} (--anyway runs it)")
+            return 1
+    shown = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        step = max(1, total // 10)
+        if done == total or done // step != shown.get(stage, -1):
+            shown[stage] = done // step
+            print(f"{stage}: {done:,} of {total:,}", file=sys.stderr, flush=True)
+
+    row = tuning.run(project, args.from_block, args.adopt, head_epochs=args.head_epochs,
+                     epochs=args.epochs, on_progress=progress)
+    _print_tuning(row)
+    print(f"heads train on: {project.features_key}")
+    return 0
+
+
 def _print_rules(rules: list[dict]) -> None:
     print(f"{'rule':>8} {'coverage':>9} {'accuracy':>9} {'errors/100':>11}")
     for r in rules:
@@ -727,6 +774,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--force", action="store_true", help="train even if no label is new")
     p.set_defaults(run=cmd_retrain)
+
+    p = sub.add_parser("fine-tune", help="fine-tune the backbone's top on the project's labels, "
+                       "re-embed every image, and adopt it if a head on it scores better on the hold-out")
+    p.add_argument("name")
+    p.add_argument("--from-block", type=int, default=15, help="the first block to train (Lite0: 1-15; "
+                   "default 15, its last)")
+    p.add_argument("--adopt", choices=("if-better", "always", "never"), default="if-better")
+    p.add_argument("--head-epochs", type=int, default=100, help="epochs of the classifier alone first")
+    p.add_argument("--epochs", type=int, default=20, help="epochs of the top and classifier together")
+    p.add_argument("--anyway", action="store_true", help="run where it is not offered (a large "
+                   "project on a CPU)")
+    p.add_argument("--list", action="store_true", help="the fine-tuning jobs and what heads train on")
+    p.add_argument("--revert", action="store_true", help="go back to the backbone before the adopted one")
+    p.set_defaults(run=cmd_fine_tune)
 
     p = sub.add_parser("queue", help="the next images to label, with suggestions")
     p.add_argument("name")

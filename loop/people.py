@@ -38,6 +38,7 @@ ACTIONS = {
     "lead_pages": "opening the lead pages",
     "people": "managing people and tokens",
     "review": "reviewing suspected labels",
+    "fine_tune": "fine-tuning the backbone",
 }
 # An annotator reviews only the suspects a lead sent them (the Review page asks for those alone).
 ALLOWED = {"lead": set(ACTIONS), "annotator": {"label", "review"}}

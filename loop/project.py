@@ -61,6 +61,27 @@ def _remember_head(weights_path: str, head) -> None:
             _heads.popitem(last=False)
 
 
+_tuned: dict[str, object] = {}
+_tuned_lock = threading.Lock()
+
+
+def tuned_network(row: dict):
+    """The fine-tuned backbone of a `backbone_versions` row (its base with the tuned top),
+    built once per process: a version's weights never change once written."""
+    from models.backbones import load_backbone
+    from models.finetune import TunedBackbone, load_top_weights
+
+    with _tuned_lock:
+        if row["key"] not in _tuned:
+            path = row["weights_path"]
+            if not path or not Path(path).is_file():
+                raise ProjectError(f"the weights of fine-tuned backbone '{row['key']}' are missing "
+                                   f"({path!r}); fine-tune again or restore a backup")
+            _tuned[row["key"]] = TunedBackbone(load_backbone(row["base"]), row["start_block"],
+                                               load_top_weights(path), row["key"])
+        return _tuned[row["key"]]
+
+
 class ProjectError(ValueError):
     """A project request that cannot be done; the message says what and how to fix it."""
 
@@ -88,6 +109,10 @@ class Paths:
 
     def heads(self, project: str) -> Path:
         return self.root / "heads" / project
+
+    def backbones(self, project: str) -> Path:
+        """Where a project's fine-tuned backbone weights live (loop.tuning)."""
+        return self.root / "backbones" / project
 
 
 # -- reading a folder ---------------------------------------------------------------------------
@@ -325,7 +350,7 @@ class Project:
         self.class_rows = store.classes(self.id)
         self.class_names = [c["name"] for c in self.class_rows]
         self.class_index = {c["id"]: i for i, c in enumerate(self.class_rows)}
-        self.cache = EmbeddingCache(paths.cache, self.settings.backbone)
+        self._caches: dict[str, EmbeddingCache] = {}
         self._views: EmbeddingCache | None = None     # augmented views, opened on first use
 
     @classmethod
@@ -371,15 +396,43 @@ class Project:
                 self.store.skip_image(image["id"], failures[image["hash"]])
         return failures
 
-    def cache_for(self, backbone: str | None = None) -> EmbeddingCache:
-        """The embedding cache of `backbone` (default: the project's own)."""
-        if backbone is None or backbone == self.settings.backbone:
-            return self.cache
-        from models.backbones import BACKBONES
+    @property
+    def features_key(self) -> str:
+        """What the heads train on now: the project's backbone, or the newest fine-tuned version
+        of it that was adopted (loop.tuning); also the name of its embedding cache."""
+        row = self.store.active_backbone(self.id)
+        return row["key"] if row else self.settings.backbone
 
-        if backbone not in BACKBONES:    # refused before any folder is made
-            raise ValueError(f"unknown backbone '{backbone}'; known: {', '.join(BACKBONES)}")
-        return EmbeddingCache(self.paths.cache, backbone)
+    @property
+    def cache(self) -> EmbeddingCache:
+        """The embedding cache the heads train on now (see `features_key`)."""
+        return self.cache_for(None)
+
+    def cache_for(self, backbone: str | None = None) -> EmbeddingCache:
+        """The embedding cache of `backbone`: a registered backbone or feature option, a
+        fine-tuned version of this project's (its key), or by default what the heads train on."""
+        key = self.features_key if backbone is None else backbone
+        if key not in self._caches:
+            from models.backbones import BACKBONES
+
+            # Refused before any folder is made.
+            if key not in BACKBONES and self.store.backbone_version(self.id, key) is None:
+                raise ValueError(f"unknown backbone '{key}'; known: {', '.join(BACKBONES)}")
+            self._caches[key] = EmbeddingCache(self.paths.cache, key)
+        return self._caches[key]
+
+    def network(self, backbone: str | None = None):
+        """The network that embeds images for `backbone` (as in `cache_for`): a registered
+        backbone, or a fine-tuned one (the base with its tuned top), loaded once per process."""
+        from models.backbones import BACKBONES, load_backbone
+
+        key = self.features_key if backbone is None else backbone
+        if key in BACKBONES:
+            return load_backbone(key)
+        row = self.store.backbone_version(self.id, key)
+        if row is None:
+            raise ValueError(f"unknown backbone '{key}'; known: {', '.join(BACKBONES)}")
+        return tuned_network(row)
 
     def draw_holdout(self) -> list[int]:
         """Put a random sample of images into the hold-out split: at most `holdout_size` images
@@ -481,18 +534,18 @@ class Project:
         """Cached embeddings of `images` (store rows) under `backbone` (default the project's)."""
         return self.cache_for(backbone).get([i["hash"] for i in images])
 
-    def view_embeddings(self, image_ids: Sequence[int]) -> np.ndarray:
+    def view_embeddings(self, image_ids: Sequence[int], backbone: str | None = None) -> np.ndarray:
         """(augment_views, N, D): embeddings of the augmented views of pool images `image_ids`,
         embedded on first use (a few per new label) and cached beside the images' own, under
         "<backbone>@views" keyed "<content hash>:<view>"."""
         from models.augment import view_embedder
-        from models.backbones import load_backbone
         from models.extract import embed_files
 
         n_views = self.settings.augment_views
         rows = {i["id"]: i for i in self.store.images(self.id, split="pool")}
         images = [rows[int(i)] for i in image_ids]
-        name = f"{self.settings.backbone}@views"
+        key = backbone or self.features_key   # views of a tuned backbone are its own, not the base's
+        name = f"{key}@views"
         if self._views is None or self._views.directory != Path(self.paths.cache) / name:
             self._views = EmbeddingCache(self.paths.cache, name)
         cache = self._views
@@ -500,7 +553,7 @@ class Project:
         absent = set(cache.missing([k for view in keys for k in view]))
         missing = sorted({j for view in keys for j, k in enumerate(view) if k in absent})
         if missing:
-            network = load_backbone(self.settings.backbone)
+            network = self.network(key)
             for batch in embed_files([self.root / images[j]["path"] for j in missing],
                                      view_embedder(network.embed, n_views), network.image_size,
                                      max_pixels=int(self.settings.max_megapixels * 1e6),
@@ -532,7 +585,8 @@ class Project:
         return SoftmaxHead(len(self.class_names), seed=self.settings.seed if seed is None else seed,
                            **dataclasses.asdict(self.settings.head))
 
-    def retrain(self, previous=None, owner: str | None = None, force: bool = False) -> dict | None:
+    def retrain(self, previous=None, owner: str | None = None, force: bool = False,
+                adopt: dict | None = None) -> dict | None:
         """Train a new head on every current training label (warm-started from `previous` or the
         newest version), score it on the hold-out set, and publish both in one transaction.
 
@@ -541,7 +595,11 @@ class Project:
         that saw no more labels than the newest version is discarded as stale (with `force`, one
         that saw as many is published). Returns the new version row (with "head" and
         "evaluation"), or None: fewer than 2 classes labeled, the lease held by another trainer,
-        or a stale result."""
+        or a stale result.
+
+        `adopt`: a finished fine-tuning job's row (loop.tuning): the head trains on its
+        backbone's embeddings, and the job becomes the project's backbone in the transaction that
+        publishes this head, so the features and the newest head never disagree."""
         own_lease = owner is None
         if own_lease:
             owner = owner_name("retrain")
@@ -549,17 +607,21 @@ class Project:
                 return None
         try:
             last_event = self.store.last_event_id(self.id)
-            ids, X, y = self.labeled("pool", up_to_event=last_event)
+            key = adopt["key"] if adopt else self.features_key
+            ids, X, y = self.labeled("pool", up_to_event=last_event, backbone=key)
             if len(np.unique(y)) < 2:
                 return None
-            if previous is None:
+            newest = self.store.latest_model_version(self.id)
+            if newest is not None and newest["backbone"] != key:
+                previous = None     # trained on other features (before a fine-tuning): start afresh
+            elif previous is None:
                 previous, _ = self.current_head()
             head = self.new_head()
             started = time.perf_counter()
-            unlabeled = (self.unlabeled_pool(ids, head.spread_max_unlabeled, seed=len(ids))
+            unlabeled = (self.unlabeled_pool(ids, head.spread_max_unlabeled, seed=len(ids), backbone=key)
                          if head.wants_unlabeled(y) else None)
             if self.settings.augment_views:   # the views train the head; the counts stay labels
-                views = self.view_embeddings(ids)
+                views = self.view_embeddings(ids, backbone=key)
                 head.fit(np.concatenate([X, *views]), np.concatenate([y] * (len(views) + 1)),
                          warm_start=previous, unlabeled=unlabeled)
             else:
@@ -569,14 +631,18 @@ class Project:
             n_auto = len(set(self.store.current_labels(self.id, "pool", last_event, source="auto")))
             folder = self.paths.heads(self.name)
             staged = head.save(folder / f"{uuid.uuid4().hex}.tmp.npz")
-            evaluation = self.evaluate(head, len(y))
-            version = self.store.publish_version(
-                self.id, owner, staged,
-                {"n_labels": len(y), "last_event_id": last_event, "class_counts": counts,
-                 "train_seconds": train_seconds, "backbone": self.settings.backbone, "n_auto": n_auto},
-                evaluation=evaluation and {k: evaluation[k] for k in ("summary", "image_ids",
-                                                                      "true_class_ids", "probabilities")},
-                train_ids=ids, force=force)
+            evaluation = self.evaluate(head, len(y), backbone=key)
+            with self.store.transaction():
+                version = self.store.publish_version(
+                    self.id, owner, staged,
+                    {"n_labels": len(y), "last_event_id": last_event, "class_counts": counts,
+                     "train_seconds": train_seconds, "backbone": key, "n_auto": n_auto},
+                    evaluation=evaluation and {k: evaluation[k] for k in ("summary", "image_ids",
+                                                                          "true_class_ids", "probabilities")},
+                    train_ids=ids, force=force or adopt is not None)
+                if adopt is not None and version is not None:
+                    self.store.update_tuning(adopt["id"], adopt["owner"], status="adopted",
+                                             finished_at=time.time())
         finally:
             if own_lease:
                 self.store.release_training(self.id, owner)
@@ -602,10 +668,11 @@ class Project:
         self.store.update_settings(self.id, self.settings.to_json())
         return self.settings
 
-    def evaluate(self, head, n_labels: int) -> dict | None:
-        """Score `head` on the labeled hold-out images: {"summary", "image_ids", "true_class_ids",
+    def evaluate(self, head, n_labels: int, backbone: str | None = None) -> dict | None:
+        """Score `head` (trained on the embeddings of `backbone`, default what heads train on now)
+        on the labeled hold-out images: {"summary", "image_ids", "true_class_ids",
         "probabilities"}, or None while the hold-out set has no labels."""
-        ids, X, y = self.labeled("holdout")
+        ids, X, y = self.labeled("holdout", backbone=backbone)
         if not len(ids):
             return None
         probs = head.predict_proba(X)
@@ -616,7 +683,7 @@ class Project:
 
     def score(self, head, version: dict) -> dict | None:
         """Evaluate `head` on the hold-out set and store it as `version`'s evaluation."""
-        result = self.evaluate(head, version["n_labels"])
+        result = self.evaluate(head, version["n_labels"], backbone=version.get("backbone"))
         if result is None:
             return None
         summary = result["summary"]
@@ -689,7 +756,7 @@ class Project:
                     line += ": in the hold-out"
                 conflicts.append(line)
         return {
-            "project": self.name, "root": str(self.root), "backbone": self.settings.backbone,
+            "project": self.name, "root": str(self.root), "backbone": self.features_key,
             "classes": self.class_names, "images": len(images),
             "pool": sum(s == "pool" for s in split_of.values()),
             "holdout": sum(s == "holdout" for s in split_of.values()),

@@ -226,11 +226,13 @@ def embed_project(project, backbone: str | None = None, engine: str = "ray",
     """`Project.embed` with a choice of engine: embed every image of `project` that the cache of
     `backbone` (default the project's) lacks, within the project's size limits, and mark the
     files that cannot be decoded skipped, with the reason. Returns `embed_items`' summary, with
-    "skipped": [(path, reason)]."""
+    "skipped": [(path, reason)]. A registered backbone only: a fine-tuned one (loop.tuning)
+    re-embeds in its own job, and `Project.embed` embeds images added after it."""
     images = project.store.images(project.id)
+    backbone = backbone or project.settings.backbone
     summary = embed_items(project.cache_for(backbone),
                           [(i["hash"], project.root / i["path"]) for i in images],
-                          backbone or project.settings.backbone, engine, actors, address,
+                          backbone, engine, actors, address,
                           on_progress, max_pixels=int(project.settings.max_megapixels * 1e6),
                           max_bytes=int(project.settings.max_file_mb * 2**20))
     failures = summary["failures"]

@@ -63,6 +63,18 @@ SCHEMA = {
                         "train_seconds": float, "weights_path": str, "backbone": str, "n_auto": int,
                         "train_ids": bytes},
                        {"pk": "id", "foreign_keys": [("project_id", "projects", "id")]}),
+    # Backbones fine-tuned on a project's labels (loop.tuning): `key` names their embedding cache,
+    # and the newest "adopted" one is what the project's heads train on. Status "tuning" or
+    # "embedding": unfinished, run by `owner` (a dead owner's job is resumed by the next to
+    # start one); then "adopted", "kept-frozen" (it did not beat what the project had) or "failed".
+    "backbone_versions": ({"id": int, "project_id": int, "key": str, "base": str,
+                           "start_block": int, "status": str, "owner": str, "n_labels": int,
+                           "last_event_id": int, "weights_path": str, "embedded": int,
+                           "total": int, "holdout_before": float, "holdout_after": float,
+                           "n_holdout": int, "tune_seconds": float, "embed_seconds": float,
+                           "message": str, "created_at": float, "updated_at": float,
+                           "finished_at": float},
+                          {"pk": "id", "foreign_keys": [("project_id", "projects", "id")]}),
     "evaluations": ({"id": int, "project_id": int, "model_version_id": int, "n_labels": int,
                      "n_holdout": int, "accuracy": float, "balanced_accuracy": float,
                      "per_class": str, "rules": str, "ece": float, "created_at": float,
@@ -165,6 +177,7 @@ INDEXES = [
     ("label_events", ["project_id", "source"], False),
     ("model_versions", ["project_id", "version"], True),
     ("evaluations", ["project_id", "model_version_id"], False),
+    ("backbone_versions", ["project_id", "key"], True),
     ("conflicts", ["project_id", "status"], False),
     ("conflicts", ["project_id", "image_id"], False),
     ("drafts", ["project_id", "image_id"], False),
@@ -247,7 +260,7 @@ def owner_name(kind: str = "trainer") -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{kind}-{uuid.uuid4().hex[:8]}"
 
 
-def _alive(owner: str) -> bool:
+def owner_alive(owner: str) -> bool:
     """False only when `owner` names a process on this host that no longer exists."""
     host, _, rest = owner.partition(":")
     pid = rest.partition(":")[0]
@@ -485,6 +498,21 @@ class Store:
             where.append("status = ?")
             args.append(status)
         return self.query(f"SELECT * FROM images WHERE {' AND '.join(where)} ORDER BY id", args)
+
+    def count_images(self, project_id: int, status: str = "ok") -> int:
+        return self._one("SELECT count(*) FROM images WHERE project_id = ? AND status = ?",
+                         [project_id, status])
+
+    def images_by_id(self, project_id: int, image_ids: Sequence[int]) -> dict[int, dict]:
+        """{id: row} of the images `image_ids` of the project (read 500 at a time)."""
+        out: dict[int, dict] = {}
+        ids = [int(i) for i in image_ids]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            for row in self.query(f"SELECT * FROM images WHERE project_id = ? AND id IN "
+                                  f"({','.join('?' * len(chunk))})", [project_id, *chunk]):
+                out[row["id"]] = row
+        return out
 
     def skipped_images(self, project_id: int) -> list[dict]:
         return self.query("SELECT * FROM images WHERE project_id = ? AND status = 'skipped' "
@@ -1246,7 +1274,7 @@ class Store:
         with self.transaction():
             row = self.db.execute("SELECT owner, expires_at FROM training_lease WHERE project_id = ?",
                                   [project_id]).fetchone()
-            if row is not None and row[0] != owner and row[1] > now and _alive(row[0]):
+            if row is not None and row[0] != owner and row[1] > now and owner_alive(row[0]):
                 return False
             self._replace("training_lease", {"project_id": project_id, "owner": owner,
                                              "expires_at": now + seconds})
@@ -1338,6 +1366,65 @@ class Store:
 
     def weights_paths(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT weights_path FROM model_versions").fetchall()}
+
+    # -- fine-tuned backbones -------------------------------------------------------------------
+
+    UNFINISHED_TUNING = ("tuning", "embedding")
+
+    def claim_tuning(self, project_id: int, owner: str, fields: dict,
+                     stale_seconds: float = 600) -> dict:
+        """Take the project's fine-tuning job: the unfinished one whose owner is gone or silent
+        for `stale_seconds` (resumed where it stopped), else a new row made of `fields`. A job
+        still run by a live owner is refused with a StoreError that says how far it got."""
+        now = time.time()
+        with self.transaction():
+            rows = self.query("SELECT * FROM backbone_versions WHERE project_id = ? AND status IN "
+                              "(?, ?) ORDER BY id DESC LIMIT 1", [project_id, *self.UNFINISHED_TUNING])
+            if rows:
+                row = rows[0]
+                if row["owner"] != owner and owner_alive(row["owner"]) and row["updated_at"] > now - stale_seconds:
+                    raise StoreError(f"a fine-tuning of this project is already running ({row['status']}, "
+                                     f"{row['embedded'] or 0:,} of {row['total'] or 0:,} images embedded, "
+                                     f"by {row['owner']}); wait for it to finish")
+                self.db.execute("UPDATE backbone_versions SET owner = ?, updated_at = ? WHERE id = ?",
+                                [owner, now, row["id"]])
+                return {**row, "owner": owner, "updated_at": now, "resumed": True}
+            row = {"project_id": project_id, "owner": owner, "status": "tuning", "embedded": 0,
+                   "created_at": now, "updated_at": now, **fields}
+            row["id"] = self._insert("backbone_versions", row)
+            return {**row, "resumed": False}
+
+    def update_tuning(self, tuning_id: int, owner: str, **fields) -> None:
+        """Record a job's progress or outcome; a StoreError when `owner` no longer runs it (another
+        process resumed it after this one went silent)."""
+        fields["updated_at"] = time.time()
+        with self.transaction():
+            sets = ", ".join(f"{k} = ?" for k in fields)
+            if not self.db.execute(f"UPDATE backbone_versions SET {sets} WHERE id = ? AND owner = ?",
+                                   [*_values(fields).values(), tuning_id, owner]).rowcount:
+                raise StoreError(f"fine-tuning job {tuning_id} is no longer run by {owner}")
+
+    def backbone_versions(self, project_id: int) -> list[dict]:
+        return self.query("SELECT * FROM backbone_versions WHERE project_id = ? ORDER BY id", [project_id])
+
+    def backbone_version(self, project_id: int, key: str) -> dict | None:
+        rows = self.query("SELECT * FROM backbone_versions WHERE project_id = ? AND key = ?",
+                          [project_id, key])
+        return rows[0] if rows else None
+
+    def retire_backbone(self, project_id: int, key: str) -> None:
+        """Stop training on an adopted fine-tuned backbone (the one adopted before it, or the
+        project's own, is used again); its embeddings and weights stay."""
+        with self.transaction():
+            self.db.execute("UPDATE backbone_versions SET status = 'retired', updated_at = ? "
+                            "WHERE project_id = ? AND key = ? AND status = 'adopted'",
+                            [time.time(), project_id, key])
+
+    def active_backbone(self, project_id: int) -> dict | None:
+        """The newest adopted fine-tuned backbone of the project, or None (its own backbone)."""
+        rows = self.query("SELECT * FROM backbone_versions WHERE project_id = ? AND status = 'adopted' "
+                          "ORDER BY finished_at DESC, id DESC LIMIT 1", [project_id])
+        return rows[0] if rows else None
 
     def _insert_evaluation(self, project_id: int, model_version_id: int, summary: dict,
                            image_ids: Sequence[int], true_class_ids: Sequence[int],

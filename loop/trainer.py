@@ -23,7 +23,7 @@ import numpy as np
 from loop import suspects
 from loop.project import Project, load_head
 from loop.queue import refresh_queue
-from loop.store import StorageError, owner_name
+from loop.store import StorageError, StoreError, owner_name
 
 QUEUE_LOW_WATER = 30   # rank the queue again when fewer free images than this are left in it
 
@@ -71,6 +71,9 @@ class Trainer:
         self._queue_ranked_at: int | None = None
         self._stop = False
         self._thread = threading.Thread(target=self._run, name=f"trainer-{project.name}", daemon=True)
+        self.tunings: list[dict] = []
+        self.tune_errors: list[str] = []
+        self._tune_thread: threading.Thread | None = None
         self._judge_thread = threading.Thread(target=self._judge_run, name=f"judge-{project.name}",
                                               daemon=True)
         if start:   # start=False: no worker threads; call `cycle()` (and `judge()`) yourself
@@ -126,7 +129,7 @@ class Trainer:
         with self._condition:
             self._stop = True
             self._condition.notify_all()
-        for thread in (self._thread, self._judge_thread):
+        for thread in (self._thread, self._judge_thread):    # a fine-tuning job is left to finish
             if thread.is_alive():
                 thread.join()
         try:
@@ -156,7 +159,7 @@ class Trainer:
         target = store.last_event_id(project.id, exclude_sources=("auto",))
         latest = store.latest_model_version(project.id)
         stale = store.stale_draft_annotators(project.id, project.settings.draft_max_age_seconds)
-        needs_training = latest is None or latest["last_event_id"] < target
+        needs_training = _behind(project, latest, target)
         needs_queue = (self.rank_queue and self._queue_ranked_at != target
                        and store.queue_available(project.id) < QUEUE_LOW_WATER)
         if not (needs_training or needs_queue or stale or not self._recovered):
@@ -168,13 +171,16 @@ class Trainer:
             if not self._recovered:
                 project.recover()
                 self._recovered = True
+                self._resume_tuning()
             for annotator in stale:
                 store.submit_drafts(project.id, annotator)
             target = store.last_event_id(project.id, exclude_sources=("auto",))
             latest = store.latest_model_version(project.id)
             version = None
-            if latest is None or latest["last_event_id"] < target:
-                version = project.retrain(previous=self._head, owner=self.owner)
+            if _behind(project, latest, target):
+                # A head on a backbone adopted or retired since may see no more labels.
+                other_features = latest is not None and latest["last_event_id"] >= target
+                version = project.retrain(previous=self._head, owner=self.owner, force=other_features)
                 if version is not None:
                     self._head = version["head"]
                     self.versions.append(version)
@@ -194,6 +200,51 @@ class Trainer:
             return version
         finally:
             store.release_training(project.id, self.owner)
+
+    def fine_tune(self, **options) -> threading.Thread:
+        """Run a fine-tuning job (`loop.tuning.run(project, **options)`) on a worker of its own,
+        beside the retrains; a failure is reported like theirs (`tune_errors`, project log).
+        Refused (StoreError) while another process runs one for the project."""
+        from loop import tuning
+
+        with self._condition:
+            if self._tune_thread is not None and self._tune_thread.is_alive():
+                raise StoreError("a fine-tuning of this project is already running in this process")
+            owner = owner_name("tune")
+            # Claimed here, not on the worker, so a refusal reaches the caller.
+            self.project.store.claim_tuning(self.project.id, owner, tuning.new_job(
+                self.project, options.get("start_block", tuning.START_BLOCK)))
+
+            def work():
+                try:
+                    self.tunings.append(tuning.run(self.project, owner=owner, **options))
+                except Exception as exc:
+                    self._report(self.tune_errors, "fine_tune_failed", exc)
+                self.request()
+
+            self._tune_thread = threading.Thread(target=work, name=f"tune-{self.project.name}",
+                                                 daemon=True)
+            self._tune_thread.start()
+            return self._tune_thread
+
+    def _resume_tuning(self) -> None:
+        """Pick up a fine-tuning job whose process died (a live one elsewhere is left alone)."""
+        from loop import tuning
+
+        job = tuning.running_job(self.project)
+        if job is not None and tuning.abandoned(job):
+            try:
+                self.fine_tune(start_block=job["start_block"])
+            except StoreError:
+                pass   # another process took it over first
+
+    def wait_tuned(self, timeout: float | None = None) -> bool:
+        """Block until this process's fine-tuning job has finished (or failed: `tune_errors`)."""
+        thread = self._tune_thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
 
     def judge(self) -> dict | None:
         """Judge the labels now if the stored judgement is older than the newest version."""
@@ -236,6 +287,13 @@ class Trainer:
             self.project.store.log(self.project.id, kind, f"{type(exc).__name__}: {exc}")
         except StorageError:
             pass   # the database is gone: the traceback is kept here
+
+def _behind(project: Project, latest: dict | None, target: int) -> bool:
+    """Whether the newest version misses labels up to `target`, or was trained on other features
+    than the heads train on now (a fine-tuned backbone adopted or retired since)."""
+    return (latest is None or latest["last_event_id"] < target
+            or (latest["backbone"] or project.settings.backbone) != project.features_key)
+
 
 _trainers: dict[tuple[str, int], Trainer] = {}
 _trainers_lock = threading.Lock()

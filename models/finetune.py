@@ -1,4 +1,5 @@
-"""Fine-tuning the top of a backbone on a project's labels: the seeds' second stage.
+"""Fine-tuning the top of a backbone on a project's labels: the seeds' second stage, and the
+tuned backbone it makes (`TunedBackbone`: the frozen bottom, then the tuned top, one network).
 
 The network is split before a named block: the bottom stays frozen and runs once per image (its
 output, the activations entering that block, is what fine-tuning trains from), the top (that
@@ -18,6 +19,11 @@ drift on a few dozen images). The tuned top then recomputes the features of ever
 """
 
 from __future__ import annotations
+
+import os
+import threading
+import uuid
+from pathlib import Path
 
 import numpy as np
 
@@ -73,3 +79,75 @@ def fine_tune(top, activations: np.ndarray, y: np.ndarray, n_classes: int, head_
     model.compile(optimizer=keras.optimizers.Adam(head_lr * lr_ratio), loss=loss)
     model.fit(activations, y, epochs=epochs, batch_size=min(batch_size, len(y)), shuffle=True, verbose=0)
     return tuned
+
+
+def gpu_available() -> bool:
+    """Whether Keras' backend sees a GPU (TensorFlow, JAX or PyTorch: each asked its own way)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return any(d.platform == "gpu" for d in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
+
+
+def save_top(top, path: str | Path) -> Path:
+    """Write the top's weights (in layer order, as numpy arrays: backend-agnostic) to `path`
+    (.npz), atomically: a killed writer leaves the old file or none, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staged = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(staged, "wb") as f:
+        np.savez(f, *[np.asarray(w) for w in top.get_weights()])
+        f.flush()
+        os.fsync(f.fileno())
+    staged.replace(path)
+    return path
+
+
+def load_top_weights(path: str | Path) -> list[np.ndarray]:
+    with np.load(path) as saved:
+        return [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
+
+class TunedBackbone:
+    """A backbone whose top (block `start_block` on) carries fine-tuned weights: `embed` takes
+    what `Backbone.embed` takes, (N, S, S, 3) uint8 RGB, and runs the frozen bottom and the
+    tuned top as one compiled network. Only plain backbones (the 1,280-d pooled features) tune."""
+
+    def __init__(self, base, start_block: int, top_weights: list[np.ndarray], name: str):
+        import keras
+
+        if base.spec.features != "head":
+            raise ValueError(f"backbone '{base.name}' pools extra features; fine-tune its plain "
+                             f"network ('{base.spec.network}') instead")
+        self.base = base
+        self.spec = base.spec
+        self.name = name
+        self.image_size = base.image_size
+        self.start_block = start_block
+        bottom, top = split(base.network, base.spec.width, base.spec.depth, start_block)
+        top.set_weights(top_weights)       # refuses weights of another shape, naming the layer
+        self.model = keras.Model(bottom.inputs, top(bottom.outputs[0]), name="tuned")
+        self.embedding_dim = int(self.model.outputs[0].shape[-1])
+        self._lock = threading.Lock()      # one compiled predict function, taken in turn
+
+    def __repr__(self) -> str:
+        return f"<TunedBackbone {self.name}: {self.base.name} tuned from block {self.start_block}>"
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        batch = self.base._check(batch)
+        if not len(batch):
+            return np.zeros((0, self.embedding_dim), np.float32)
+        with self._lock:
+            return np.asarray(self.model.predict_on_batch(self.base.preprocess(batch)), np.float32)

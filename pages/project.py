@@ -1,5 +1,6 @@
-"""The Project page (leads): the chosen project's status, export, settings, a new project from
-a folder under the import roots or from uploads, and people's tokens."""
+"""The Project page (leads): the chosen project's status, export, settings, its backbone (fine-tune
+the top, or go back), a new project from a folder under the import roots or from uploads, and
+people's tokens."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def project_page() -> None:
     file_lists(status)
     export_panel(project)
     settings_panel(project)
+    backbone_panel(project)
     create_panel()
     people_panel(person)
 
@@ -123,6 +125,73 @@ def settings_panel(project: Project) -> None:
                 st.error(f"Not saved: {exc}")
             else:
                 st.rerun()
+
+
+TUNING_POLL_SECONDS = 2.0
+
+
+def backbone_panel(project: Project) -> None:
+    """What the heads train on; fine-tuning the backbone's top where it is offered, its progress
+    while it runs (polled), the jobs so far, and the way back to the frozen backbone."""
+    allowed("fine_tune")
+    from loop import tuning
+
+    st.subheader("Backbone")
+    running = tuning.running_job(project) is not None
+    st.fragment(backbone_body, run_every=TUNING_POLL_SECONDS if running else None)(project, running)
+
+
+def backbone_body(project: Project, was_running: bool) -> None:
+    from loop import tuning
+    from loop.trainer import trainer_for
+
+    job = tuning.running_job(project)
+    if was_running and job is None:
+        st.rerun(scope="app")            # it finished: every figure of the page is read again
+    active = project.store.active_backbone(project.id)
+    if active is None:
+        st.markdown(f"Heads train on **{escape(project.settings.backbone)}** as it was trained on "
+                    "ImageNet (frozen).")
+    else:
+        st.markdown(f"Heads train on **{escape(active['key'])}**: {escape(active['base'])} with its "
+                    f"top from block {active['start_block']} fine-tuned on {active['n_labels']:,} "
+                    f"labels (hold-out accuracy {active['holdout_after']:.1%} on it against "
+                    f"{active['holdout_before']:.1%} before, heads trained on the same labels).")
+    if job is not None:
+        done, total = (job["embedded"] or 0), (job["total"] or 0)
+        st.progress(done / total if total and job["status"] == "embedding" else 0.0,
+                    text=f"Fine-tuning: {tuning.progress_text(job)}. Labeling goes on meanwhile.")
+    jobs = project.store.backbone_versions(project.id)
+    if jobs:
+        with st.expander(f"Fine-tuning jobs ({len(jobs)})"):
+            st.dataframe(pd.DataFrame([{
+                "backbone": j["key"], "status": j["status"], "labels": j["n_labels"],
+                "images embedded": f"{j['embedded'] or 0:,} of {j['total'] or 0:,}",
+                "hold-out before": j["holdout_before"], "hold-out after": j["holdout_after"],
+                "seconds": round((j["tune_seconds"] or 0) + (j["embed_seconds"] or 0)),
+                "note": j["message"] or ""} for j in jobs]), hide_index=True)
+    if job is None:
+        ok, why = tuning.offered(project)
+        if ok:
+            st.caption(f"Offered because {why}. Measured on bundled sets (bench/README.md): "
+                       "about a point of accuracy on fashion-mnist, none on demo. It is adopted "
+                       "only if a head on it scores better on the hold-out than one on what the "
+                       "project has now; the hold-out is never trained on.")
+            if st.button("Fine-tune the backbone's top block", key="fine-tune"):
+                try:
+                    trainer_for(project).fine_tune()
+                except StoreError as exc:
+                    note("error", f"Not started: {exc}")
+                else:
+                    note("info", "Fine-tuning started in the background.")
+                st.rerun(scope="app")
+        else:
+            st.caption(f"Fine-tuning is not offered: {why}.")
+    if active is not None and st.button("Go back to the frozen backbone", key="revert-backbone"):
+        tuning.revert(project)
+        trainer_for(project).request()
+        note("success", f"Heads train on {project.features_key} again from the next retrain.")
+        st.rerun(scope="app")
 
 
 def export_panel(project: Project) -> None:
