@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -532,6 +532,100 @@ class Store:
                 chunk = list(image_ids[start:start + 500])
                 self.db.execute(f"UPDATE images SET split = ? WHERE id IN ({','.join('?' * len(chunk))})",
                                 [split, *chunk])
+
+    # -- images of a large project, in bounded memory -------------------------------------------
+    # What runs after an import (embedding, drawing the hold-out and the seeds) reads a project of
+    # a million images through these: rows a chunk at a time, or one compact array per column.
+
+    def iter_images(self, project_id: int, split: str | None = None, status: str | None = "ok",
+                    chunk: int = 10_000, columns: Sequence[str] | None = None
+                    ) -> Iterator[list[dict]]:
+        """The rows of `images(project_id, split, status)`, in id order, as lists of at most
+        `chunk` rows (with `columns`, only those and "id"). Each chunk is one short query
+        (keyset pagination: `id > last`), so no chunk's read holds the others in memory, nor a
+        read transaction open across the whole project."""
+        names = ["id", *(c for c in columns if c != "id")] if columns else ["*"]
+        unknown = [c for c in names if c != "*" and c not in SCHEMA["images"][0]]
+        if unknown:
+            raise StoreError(f"images have no column(s) {', '.join(unknown)}")
+        # `+project_id`: SQLite would otherwise read the rows through the (project_id, hash)
+        # index and sort all of them for each chunk; this way it walks the primary key from
+        # `last` and stops after `chunk` rows (PostgreSQL reads the unary plus as a no-op).
+        where, args = ["+project_id = ?", "id > ?"], [project_id, -1]
+        if split:
+            where.append("split = ?")
+            args.append(split)
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        sql = f"SELECT {', '.join(names)} FROM images WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
+        while rows := self.query(sql, [*args, chunk]):
+            args[1], full = rows[-1]["id"], len(rows) == chunk
+            yield rows
+            del rows            # not held while the next chunk is read
+            if not full:
+                return
+
+    def split_counts(self, project_id: int) -> dict[str, int]:
+        """{split: usable images in it} of the project."""
+        return {r[0]: r[1] for r in self.db.execute(
+            "SELECT split, count(*) FROM images WHERE project_id = ? AND status = 'ok' GROUP BY split",
+            [project_id]).fetchall()}
+
+    def pool_copy_groups(self, project_id: int, chunk: int = 10_000) -> dict[str, np.ndarray]:
+        """The groups of byte-for-byte copies (one per content hash; a file with no copy is a
+        group of one) that could join the hold-out: every usable copy in the pool, and at most
+        one folder class among them (copies in two class folders have no one truth). As int64
+        arrays, a group per entry, in the order of each group's lowest image id (the order
+        `loop.project.copy_groups` gives): "first" (that id), "size" (its copies) and "class_id"
+        (their folder class, -1 for none). Grouped by the database, `chunk` groups per query in
+        hash order along the (project_id, hash) index, so a million images cost a few arrays,
+        not their rows. (Every usable image has a hash: an import hashes each file it keeps.)"""
+        sql = ("SELECT min(id), count(*), COALESCE(max(known_class_id), -1), hash FROM images "
+               "WHERE project_id = ? AND status = 'ok' AND hash IS NOT NULL {after}GROUP BY hash "
+               "HAVING count(DISTINCT known_class_id) <= 1 "
+               "AND sum(CASE WHEN split = 'pool' THEN 0 ELSE 1 END) = 0 ORDER BY hash LIMIT ?")
+        names = ("first", "size", "class_id")
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        rows = self.db.execute(sql.format(after=""), [project_id, chunk]).fetchall()
+        while rows:
+            page = np.array([row[:3] for row in rows], dtype=np.int64).reshape(-1, 3)
+            for k, name in enumerate(names):
+                parts[name].append(page[:, k].copy())
+            if len(rows) < chunk:
+                break
+            rows = self.db.execute(sql.format(after="AND hash > ? "),
+                                   [project_id, rows[-1][3], chunk]).fetchall()
+        # One column at a time, so the pages and the sorted copy of all three never coexist.
+        groups = {name: np.concatenate(parts.pop(name) or [np.zeros(0, np.int64)]) for name in names}
+        order = np.argsort(groups["first"])
+        for name in names:
+            groups[name] = groups[name][order]
+        return groups
+
+    def copies(self, project_id: int, image_ids: Sequence[int]) -> list[dict]:
+        """Every usable image with the same content as one of `image_ids` (itself included):
+        rows {"copy_of": the image given, "id", "known_class_id"}, in id order. Read 500 at a
+        time."""
+        out: list[dict] = []
+        ids = [int(i) for i in image_ids]
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            # `+f.project_id`: SQLite would otherwise scan the whole project along the (project_id,
+            # hash) index instead of looking the given ids up by primary key.
+            out += self.query(
+                "SELECT f.id AS copy_of, i.id AS id, i.known_class_id AS known_class_id FROM images f "
+                "JOIN images i ON i.project_id = f.project_id AND i.hash = f.hash "
+                f"WHERE +f.project_id = ? AND f.id IN ({','.join('?' * len(part))}) "
+                "AND i.status = 'ok'", [project_id, *part])
+        return sorted(out, key=lambda r: r["id"])
+
+    def ambiguous_hashes(self, project_id: int) -> set[str]:
+        """Content hashes whose usable copies sit in more than one class folder: such an image
+        has no one truth (kept out of the hold-out, never a seed)."""
+        return {r[0] for r in self.db.execute(
+            "SELECT hash FROM images WHERE project_id = ? AND status = 'ok' GROUP BY hash "
+            "HAVING count(DISTINCT known_class_id) > 1", [project_id]).fetchall()}
 
     # -- labels ---------------------------------------------------------------------------------
 

@@ -362,3 +362,47 @@ def test_suspects_and_reviews_on_either_database(store, project):
     assert rates["ben"]["suspected"] == 1
     store.assign_review(project, ids[5], "lead", by="lead")
     assert [s["image_id"] for s in store.suspects(project, reviewer="lead")] == [ids[5]]
+
+
+def test_images_read_in_chunks_and_copy_groups_in_sql(store, project):
+    """What a project of a million images is prepared from: every row once, in id order, across
+    chunk boundaries (keyset pages of 3 here), and the copy groups made by the database."""
+    other = store.create_project("q", "/other", "{}", ["cat", "dog"])   # rows of another project
+    cat, dog = store.class_id(project, "cat"), store.class_id(project, "dog")
+    store.add_images(other, [{"path": "x.png", "hash": "h0", "split": "pool"}])
+    store.add_images(project, [
+        {"path": "c1.png", "hash": "h1", "split": "pool", "known_class_id": cat},    # a copy of 1.png
+        {"path": "a.png", "hash": "amb", "split": "pool", "known_class_id": cat},   # one image in
+        {"path": "b.png", "hash": "amb", "split": "pool", "known_class_id": dog},   # two folders
+        {"path": "h.png", "hash": "h2", "split": "holdout"},                        # a copy of 2.png
+        {"path": "bad.png", "hash": "h1", "split": "pool", "status": "skipped", "reason": "broken"}])
+    rows = store.images(project)
+    assert len(rows) == 10
+    for chunk in (1, 3, 10, 11):
+        chunks = list(store.iter_images(project, chunk=chunk))
+        assert all(len(c) <= chunk for c in chunks) and len(chunks) == -(-10 // chunk)
+        assert [r for c in chunks for r in c] == rows                   # each row once, in id order
+    pool = [r["id"] for c in store.iter_images(project, split="pool", chunk=3, columns=["hash"])
+            for r in c]
+    assert pool == [r["id"] for r in store.images(project, split="pool")] and len(pool) == 9
+    narrow = next(store.iter_images(project, chunk=3, columns=["hash"]))
+    assert [set(r) for r in narrow] == [{"id", "hash"}] * 3
+    assert [r["path"] for c in store.iter_images(project, status="skipped", chunk=3) for r in c] == ["bad.png"]
+    with pytest.raises(StoreError, match="no column"):
+        next(store.iter_images(project, columns=["hash; DROP TABLE images"]))
+
+    by_id = {r["id"]: r for r in rows}
+    for chunk in (1, 3, 100):                                          # the same on every page size
+        groups = store.pool_copy_groups(project, chunk=chunk)
+        assert list(groups["first"]) == sorted(groups["first"])          # in order of first copy
+        # Not "amb" (two folder classes) nor "h2" (a copy is in the hold-out); "h1" without its
+        # skipped copy.
+        assert {by_id[f]["hash"]: (n, c) for f, n, c in zip(groups["first"], groups["size"],
+                                                            groups["class_id"])} == {
+            "h0": (1, -1), "h1": (2, cat), "h3": (1, -1), "h4": (1, -1), "h5": (1, -1)}
+    assert store.split_counts(project) == {"pool": 9, "holdout": 1}
+    assert store.ambiguous_hashes(project) == {"amb"}
+    h0, h1, c1 = rows[0]["id"], rows[1]["id"], next(r["id"] for r in rows if r["path"] == "c1.png")
+    copies = store.copies(project, [h1, h0])            # usable copies only, in id order
+    assert [(r["copy_of"], r["id"], r["known_class_id"]) for r in copies] == [
+        (h0, h0, None), (h1, h1, None), (h1, c1, cat)]
