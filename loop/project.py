@@ -125,6 +125,10 @@ SORT_RUN = 50_000
 # chunk at a time (a fraction of a second), never for the whole folder, so people labeling other
 # projects meanwhile are not held up, and the rows in memory are one chunk's.
 IMPORT_CHUNK = 2_000
+# Image rows read from the store at a time by the steps after an import (embedding, and the
+# hold-out and seed draws, which read compact arrays besides): a chunk's rows in memory, never a
+# million. Ten of fill_cache's 1,024-image shards, so embedding a new project writes full shards.
+PREPARE_CHUNK = 10_240
 _RUN_BLOCK = 1 << 16             # bytes read back from each spilled run at a time
 _SUFFIXES = frozenset(os.fsencode(s) for s in IMAGE_SUFFIXES)
 
@@ -284,11 +288,16 @@ def stratified_groups(classes: Sequence, sizes: Sequence[int], size: int,
     total = int(sizes.sum())
     if size <= 0 or total == 0:
         return []
-    members: dict = {}
-    for k, c in enumerate(classes):
-        members.setdefault(c, []).append(k)
-    names = sorted(members, key=str)
-    counts = np.array([sizes[members[c]].sum() for c in names], dtype=float)
+    # Arrays, not a list per class: a million groups cost a few int64 arrays. Classes go in the
+    # order of their names as text, each class's groups in index order (the draw depends on both).
+    labels, codes = _class_codes(classes)
+    names = sorted(range(len(labels)), key=lambda j: str(labels[j]))
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[names] = np.arange(len(names))
+    ranks = rank[codes]                                  # each group's class, by its place in names
+    by_class = np.argsort(ranks, kind="stable")
+    members = np.split(by_class, np.cumsum(np.bincount(ranks, minlength=len(names)))[:-1])
+    counts = np.array([sizes[m].sum() for m in members], dtype=float)
     # Quotas in items by largest remainder, so they add up to `size` exactly (rounding each class
     # on its own overshot by up to half an item per class); ties go to a random class.
     ideal = min(size, total) * counts / total
@@ -298,11 +307,14 @@ def stratified_groups(classes: Sequence, sizes: Sequence[int], size: int,
     order = order[np.argsort(-(ideal - quota)[order], kind="stable")]
     quota[order[:short]] += 1
     picked: list[int] = []
-    outside = {c: len(members[c]) for c in names}
+    outside = np.array([len(m) for m in members], dtype=np.int64)
     taken = np.zeros(len(sizes), dtype=bool)
     room = size
-    for c, q in zip(names, quota):
+    smallest = int(sizes.min())    # once less than this is left, no group fits: stop looking
+    for c, q in enumerate(quota):
         for k in rng.permutation(members[c]):
+            if min(q, room) < smallest:
+                break
             if outside[c] > 1 and sizes[k] <= q and sizes[k] <= room:
                 picked.append(int(k))
                 taken[k] = True
@@ -312,13 +324,25 @@ def stratified_groups(classes: Sequence, sizes: Sequence[int], size: int,
     # Groups too big for what their class had left, or a class too small to give its share,
     # leave room: fill it from the groups not taken, whatever their class.
     for k in rng.permutation(np.flatnonzero(~taken)):
-        if room <= 0:
+        if room <= 0 or room < smallest:
             break
-        if outside[classes[k]] > 1 and sizes[k] <= room:
+        if outside[ranks[k]] > 1 and sizes[k] <= room:
             picked.append(int(k))
-            outside[classes[k]] -= 1
+            outside[ranks[k]] -= 1
             room -= sizes[k]
     return picked
+
+
+def _class_codes(classes: Sequence) -> tuple[list, np.ndarray]:
+    """(the distinct classes, in order of first appearance, or ascending for an integer array;
+    each item's index into them as an int64 array)."""
+    if isinstance(classes, np.ndarray) and classes.dtype.kind in "iu":
+        labels, codes = np.unique(classes, return_inverse=True)
+        return labels.tolist(), codes.reshape(-1).astype(np.int64)
+    index: dict = {}
+    codes = np.fromiter((index.setdefault(c, len(index)) for c in classes), dtype=np.int64,
+                        count=len(classes))
+    return list(index), codes
 
 
 def copy_groups(images: Sequence[dict]) -> dict[str, list[dict]]:
@@ -380,20 +404,37 @@ class Project:
         comparing them on its images), cached under its own name."""
         from models.backbones import load_backbone
 
-        images = self.store.images(self.id)
         cache = self.cache_for(backbone)
-        missing = set(cache.missing([i["hash"] for i in images]))
-        if not missing:
+        # A first pass counts what is missing, chunk by chunk (the progress total; and no network
+        # is loaded when nothing is). The rows are read PREPARE_CHUNK at a time, never all at once.
+        planned = [len(cache.missing([i["hash"] for i in rows]))
+                   for rows in self.store.iter_images(self.id, chunk=PREPARE_CHUNK, columns=["hash"])]
+        total = sum(planned)
+        if not total:
             return {}
         network = load_backbone(backbone or self.settings.backbone)
-        items = [(i["hash"], self.root / i["path"]) for i in images if i["hash"] in missing]
-        failures = fill_cache(cache, items, network.embed, network.image_size,
-                              on_progress=on_progress,
-                              max_pixels=int(self.settings.max_megapixels * 1e6),
-                              max_bytes=int(self.settings.max_file_mb * 2**20))
-        for image in images:
-            if image["hash"] in failures:
-                self.store.skip_image(image["id"], failures[image["hash"]])
+        failures: dict[str, str] = {}
+        done = 0                  # images of the chunks before this one, as counted in the first pass
+        for k, rows in enumerate(self.store.iter_images(self.id, chunk=PREPARE_CHUNK,
+                                                        columns=["hash", "path"])):
+            def progress(finished: int, _chunk_total: int, base: int = done) -> None:
+                on_progress(min(base + finished, total), total)
+
+            items = [(i["hash"], self.root / i["path"]) for i in rows if i["hash"] not in failures]
+            failures.update(fill_cache(cache, items, network.embed, network.image_size,
+                                       on_progress=progress if on_progress else None,
+                                       max_pixels=int(self.settings.max_megapixels * 1e6),
+                                       max_bytes=int(self.settings.max_file_mb * 2**20)))
+            for image in rows:    # every copy of a file that failed, in this chunk or before
+                if image["hash"] in failures:
+                    self.store.skip_image(image["id"], failures[image["hash"]])
+            # A copy counted in an earlier chunk was embedded there, so a chunk may report less
+            # than it planned: each chunk ends by reporting its planned share, and the progress
+            # ends at its total.
+            planned_here = planned[k] if k < len(planned) else 0
+            done = min(done + planned_here, total)
+            if on_progress and planned_here:
+                on_progress(done, total)
         return failures
 
     @property
@@ -441,15 +482,24 @@ class Project:
         different class folders stays out, as its truth is ambiguous. Labeled folders import the
         hold-out's labels. Returns the ids of the images put in now."""
         s = self.settings
-        images = self.store.images(self.id)
-        held = sum(i["split"] == "holdout" for i in images)
-        size = min(s.holdout_size, int(round(s.holdout_fraction * len(images)))) - held
-        candidates = [group for group in copy_groups(images).values()
-                      if len(known_classes(group)) <= 1 and all(i["split"] == "pool" for i in group)]
+        counts = self.store.split_counts(self.id)
+        held = counts.get("holdout", 0)
+        size = min(s.holdout_size, round(s.holdout_fraction * sum(counts.values()))) - held
+        # The groups that may join (all in the pool, one folder class at most) as three arrays,
+        # grouped by the database: a million images cost tens of megabytes, never their rows.
+        groups = self.store.pool_copy_groups(self.id, chunk=PREPARE_CHUNK)
+        # Each group's folder class, None where it has none (the draw orders classes by their
+        # names as text, so None must stay None), one shared object per class.
+        values, codes = np.unique(groups["class_id"], return_inverse=True)
+        labels = np.array([None if c < 0 else c for c in values.tolist()], dtype=object)
         rng = np.random.default_rng([s.seed, 1])
-        picked = stratified_groups([next(iter(known_classes(group)), None) for group in candidates],
-                                   [len(group) for group in candidates], size, rng)
-        chosen = [image for k in picked for image in candidates[k]]
+        picked = stratified_groups(labels[codes.reshape(-1)], groups["size"], size, rng)
+        # The copies of each group drawn, in the order drawn, each group's in id order.
+        firsts = [int(f) for f in groups["first"][picked]]
+        members: dict[int, list[dict]] = {}
+        for row in self.store.copies(self.id, firsts):
+            members.setdefault(row["copy_of"], []).append(row)
+        chosen = [image for first in firsts for image in members[first]]
         ids = [image["id"] for image in chosen]
         known = [(i["id"], i["known_class_id"]) for i in chosen if i["known_class_id"] is not None]
         with self.store.transaction():   # the split and its labels, or neither (a resume redraws)
@@ -465,26 +515,33 @@ class Project:
         classes pool images instead, blind to their folders (what a person starting from an
         unlabeled folder is asked first), and they are labeled from their folders."""
         rng = np.random.default_rng([self.settings.seed, 2])
-        images = self.store.images(self.id)
+        cold_start = self.settings.seed_picker == "cold-start"
         # An image whose copies sit in different class folders has no one truth: never a seed.
-        ambiguous = {h for h, group in copy_groups(images).items() if len(known_classes(group)) > 1}
-        pool = [i for i in images if i["split"] == "pool" and i["known_class_id"] is not None
-                and i["hash"] not in ambiguous]
-        if self.settings.seed_picker == "cold-start" and pool:
+        ambiguous = self.store.ambiguous_hashes(self.id)
+        # The pool's ids and folder classes as int64 arrays, read a chunk of rows at a time (the
+        # cold-start picker needs their embeddings too, gathered per chunk).
+        ids_read, classes_read, vectors = [], [], []
+        for rows in self.store.iter_images(self.id, split="pool", chunk=PREPARE_CHUNK,
+                                           columns=["hash", "known_class_id"]):
+            rows = [i for i in rows if i["known_class_id"] is not None and i["hash"] not in ambiguous]
+            ids_read.append(np.array([i["id"] for i in rows], dtype=np.int64))
+            classes_read.append(np.array([i["known_class_id"] for i in rows], dtype=np.int64))
+            if cold_start and rows:
+                vectors.append(self.embeddings_of(rows))
+        pool = np.concatenate(ids_read) if ids_read else np.zeros(0, np.int64)
+        pool_classes = np.concatenate(classes_read) if classes_read else np.zeros(0, np.int64)
+        if cold_start and len(pool):
             from loop.strategies import typiclust
 
             n = min(len(pool), self.settings.seeds_per_class * len(self.class_names))
-            X = self.embeddings_of(pool)
+            X = np.concatenate(vectors)
             chosen = typiclust(X, np.zeros((0, X.shape[1]), np.float32), n, rng)
-            seeds = [(int(pool[k]["id"]), pool[k]["known_class_id"]) for k in chosen]
+            seeds = [(int(pool[k]), int(pool_classes[k])) for k in chosen]
             self.store.add_labels(self.id, seeds, annotator="folder", source="seed")
             return [i for i, _ in seeds]
-        by_class: dict[int, list[int]] = {}
-        for image in pool:
-            by_class.setdefault(image["known_class_id"], []).append(image["id"])
         seeds = []
-        for class_id in sorted(by_class):
-            ids = by_class[class_id]
+        for class_id in np.unique(pool_classes).tolist():
+            ids = pool[pool_classes == class_id]          # in id order, as the rows were read
             take = min(self.settings.seeds_per_class, len(ids))
             seeds.extend((int(i), class_id) for i in rng.choice(ids, size=take, replace=False))
         if seeds:
@@ -526,9 +583,14 @@ class Project:
         that is not skipped is cached (the project's own first): those a study can compare."""
         from models.backbones import BACKBONES
 
-        hashes = [i["hash"] for i in self.store.images(self.id)]
         names = [self.settings.backbone] + [b for b in BACKBONES if b != self.settings.backbone]
-        return [b for b in names if not self.cache_for(b).missing(hashes)]
+        # A chunk of hashes at a time; a backbone drops out at its first missing one.
+        for rows in self.store.iter_images(self.id, chunk=PREPARE_CHUNK, columns=["hash"]):
+            hashes = [i["hash"] for i in rows]
+            names = [b for b in names if not self.cache_for(b).missing(hashes)]
+            if not names:
+                break
+        return names
 
     def embeddings_of(self, images: Sequence[dict], backbone: str | None = None) -> np.ndarray:
         """Cached embeddings of `images` (store rows) under `backbone` (default the project's)."""

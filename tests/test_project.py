@@ -9,12 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import loop.project as project_module
-from loop.project import Paths, Project, ProjectError, create_project, stratified_groups
+from loop.project import (Paths, Project, ProjectError, copy_groups, create_project, known_classes,
+                          stratified_groups)
 from loop.queue import next_queries
 from loop.settings import Settings
 from loop.store import Store
 from loop.trainer import Trainer
 from models.images import IMAGE_SUFFIXES
+from tests.postgres import backend, database, postgres_server  # noqa: F401
 
 CLASSES = ("Cat", "Cow", "Zebra")
 
@@ -317,6 +319,91 @@ def test_copies_in_two_class_folders_are_reported_and_kept_out_of_the_holdout(
     out = capsys.readouterr().out
     assert "2 image(s) have copies in different class folders" in out
     assert "Cow/not-a-cow.png (Cow)" in out and f"Zebra/{zebra.name} (Zebra)" in out
+
+
+def holdout_as_before(images, settings):
+    """The hold-out draw as it was when it read every image row at once (a list of dicts): the
+    chunked, SQL-grouped draw must give the same images for the same seed."""
+    held = sum(i["split"] == "holdout" for i in images)
+    size = min(settings.holdout_size, round(settings.holdout_fraction * len(images))) - held
+    candidates = [g for g in copy_groups(images).values()
+                  if len(known_classes(g)) <= 1 and all(i["split"] == "pool" for i in g)]
+    picked = stratified_groups([next(iter(known_classes(g)), None) for g in candidates],
+                               [len(g) for g in candidates], size,
+                               np.random.default_rng([settings.seed, 1]))
+    return [i["id"] for k in picked for i in candidates[k]]
+
+
+def seeds_as_before(images, settings):
+    """The random seed draw as it was on the list of every image row."""
+    rng = np.random.default_rng([settings.seed, 2])
+    ambiguous = {h for h, g in copy_groups(images).items() if len(known_classes(g)) > 1}
+    by_class: dict = {}
+    for i in images:
+        if i["split"] == "pool" and i["known_class_id"] is not None and i["hash"] not in ambiguous:
+            by_class.setdefault(i["known_class_id"], []).append(i["id"])
+    return [int(i) for c in sorted(by_class) for i in rng.choice(
+        by_class[c], size=min(settings.seeds_per_class, len(by_class[c])), replace=False)]
+
+
+def test_holdout_and_seeds_read_in_chunks_draw_as_the_whole_list_did(tmp_path, database,  # noqa: F811
+                                                                   monkeypatch):
+    # Store rows only (nothing is embedded by either draw): copies of up to 4 files in one class,
+    # one file copied into two class folders (and once with no class), a skipped copy, images
+    # without a folder class, one already in the hold-out; read 3 rows and 3 hashes at a time.
+    monkeypatch.setattr(project_module, "PREPARE_CHUNK", 3)
+    store = Store(database)
+    rng = np.random.default_rng(5)
+    for seed in range(5):
+        config = Settings(seed=seed, holdout_size=9, holdout_fraction=0.5, seeds_per_class=2)
+        pid = store.create_project(f"d{seed}", str(tmp_path), config.to_json(), list(CLASSES))
+        cat, cow, zebra = (c["id"] for c in store.classes(pid))
+        rows = [{"path": f"{k}-{c}.png", "hash": f"h{k}", "split": "pool", "known_class_id": klass}
+                for k, (klass, n) in enumerate(zip(rng.choice([cat, cat, cow, zebra, None], 24),
+                                                   rng.choice([1, 1, 1, 2, 3, 4], 24)))
+                for c in range(n)]
+        rows += [{"path": "amb-cat.png", "hash": "amb", "split": "pool", "known_class_id": cat},
+                 {"path": "amb-cow.png", "hash": "amb", "split": "pool", "known_class_id": cow},
+                 {"path": "amb-none.png", "hash": "amb", "split": "pool"},
+                 {"path": "bad.png", "hash": "h0", "split": "pool", "status": "skipped"},
+                 {"path": "held.png", "hash": "held", "split": "holdout", "known_class_id": cow}]
+        store.add_images(pid, [rows[k] for k in rng.permutation(len(rows))])   # copies apart
+        project = Project(store, f"d{seed}", Paths(tmp_path / "data"))
+        expected = holdout_as_before(store.images(pid), config)
+        drawn = project.draw_holdout()
+        assert drawn == expected and 0 < len(drawn) <= 9 - 1
+        images = store.images(pid)
+        assert seeds_as_before(images, config) == project.draw_seeds()
+        splits: dict = {}
+        for image in images:
+            splits.setdefault(image["hash"], set()).add(image["split"])
+        assert all(len(s) == 1 for s in splits.values())                # copies go together
+        assert splits["amb"] == {"pool"}                                 # the ambiguous one stays out
+        seeds = {e["image_id"] for e in store.label_events(pid) if e["source"] == "seed"}
+        assert seeds and not seeds & {i["id"] for i in images if i["hash"] == "amb"}
+
+
+def test_embedding_in_chunks_skips_every_copy_of_a_bad_file_and_reports_one_total(
+        tmp_path, demo_folder, paths, monkeypatch):
+    root = small_folder(demo_folder, tmp_path / "animals", per_class=3)
+    good = next((root / "Zebra").glob("*.png")).read_bytes()
+    (root / "Cat" / "a-cut.png").write_bytes(good[: len(good) // 3])     # first of the Cat files
+    shutil.copy(root / "Cat" / "a-cut.png", root / "Zebra" / "zz-cut.png")   # last of them all
+    monkeypatch.setattr(project_module, "PREPARE_CHUNK", 4)
+    handed, fill_cache = [], project_module.fill_cache
+    monkeypatch.setattr(project_module, "fill_cache", lambda cache, items, *a, **k: handed.append(
+        [p.name for _, p in items]) or fill_cache(cache, items, *a, **k))
+    progress = []
+    project = create_project(Store(paths.database), "c", root, paths,
+                             on_progress=lambda done, total: progress.append((done, total)))
+    reasons = dict(project.status()["skipped"])
+    assert set(reasons) == {"Cat/a-cut.png", "Zebra/zz-cut.png"}
+    assert all("corrupt or truncated" in r for r in reasons.values())
+    # Counted once per chunk it sits in (2), decoded once, and the progress ends at its total.
+    assert len(handed) == 3 and all(len(items) <= 4 for items in handed)      # 11 files, 4 a chunk
+    assert sum(items.count("a-cut.png") + items.count("zz-cut.png") for items in handed) == 1
+    assert progress[-1] == (2, 2) and len({t for _, t in progress}) == 1
+    assert [d for d, _ in progress] == sorted(d for d, _ in progress)
 
 
 def test_a_retrain_learns_from_unlabeled_pool_images_never_from_the_holdout(tmp_path, demo_folder,
