@@ -401,9 +401,8 @@ class Project:
     def embed(self, on_progress: Progress | None = None, backbone: str | None = None) -> dict[str, str]:
         """Embed every image not yet in the cache; mark undecodable ones skipped with the reason.
         `backbone`: another registered backbone or feature option than the project's (for
-        comparing them on its images), cached under its own name."""
-        from models.backbones import load_backbone
-
+        comparing them on its images), cached under its own name; by default what the heads train
+        on (`features_key`: a fine-tuned backbone once one is adopted), embedded by its network."""
         cache = self.cache_for(backbone)
         # A first pass counts what is missing, chunk by chunk (the progress total; and no network
         # is loaded when nothing is). The rows are read PREPARE_CHUNK at a time, never all at once.
@@ -412,7 +411,7 @@ class Project:
         total = sum(planned)
         if not total:
             return {}
-        network = load_backbone(backbone or self.settings.backbone)
+        network = self.network(backbone)     # the network of the cache filled (see cache_for)
         failures: dict[str, str] = {}
         done = 0                  # images of the chunks before this one, as counted in the first pass
         for k, rows in enumerate(self.store.iter_images(self.id, chunk=PREPARE_CHUNK,
