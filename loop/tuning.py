@@ -78,7 +78,7 @@ def running_job(project: Project) -> dict | None:
 
 def progress_text(row: dict) -> str:
     if row["status"] == "tuning":
-        return f"training the top on {row['n_labels']:,} labels"
+        return f"training the top on {row['n_labels'] or 0:,} labels"
     return f"embedding images, {row['embedded'] or 0:,} of {row['total'] or 0:,}"
 
 
@@ -87,8 +87,10 @@ def new_job(project: Project, start_block: int = START_BLOCK) -> dict:
     (those in force now)."""
     base = project.settings.backbone
     key = f"{base}@tuned-{uuid.uuid4().hex[:10]}"
-    return {"key": key, "base": base, "start_block": int(start_block),
-            "last_event_id": project.store.last_event_id(project.id),
+    last_event = project.store.last_event_id(project.id)
+    labels = project.store.current_labels(project.id, split="pool", up_to_event=last_event)
+    return {"key": key, "base": base, "start_block": int(start_block), "last_event_id": last_event,
+            "n_labels": min(len(labels), MAX_TUNE_LABELS),
             "weights_path": str(project.paths.backbones(project.name) / f"{key}.npz")}
 
 
@@ -192,8 +194,7 @@ def _embed(project: Project, row: dict, on_progress) -> None:
             store.update_tuning(row["id"], row["owner"], embedded=done + d)   # also a heartbeat
             reported[0] = time.monotonic()
 
-    images = store.images(project.id)
-    for chunk in (images[k:k + EMBED_CHUNK] for k in range(0, len(images), EMBED_CHUNK)):
+    for chunk in store.iter_images(project.id, chunk=EMBED_CHUNK, columns=["hash", "path"]):
         items = [(i["hash"], project.root / i["path"]) for i in chunk]
         failures = fill_cache(cache, items, network.embed, network.image_size, on_progress=progress,
                               max_pixels=int(project.settings.max_megapixels * 1e6),

@@ -150,10 +150,11 @@ def backbone_body(project: Project, was_running: bool) -> None:
         st.rerun(scope="app")            # it finished: every figure of the page is read again
     active = project.store.active_backbone(project.id)
     if active is None:
-        st.markdown(f"Heads train on **{escape(project.settings.backbone)}** as it was trained on "
+        # Backbone names come from the registry and keys the job made, never from users.
+        st.markdown(f"Heads train on **{project.settings.backbone}** as it was trained on "
                     "ImageNet (frozen).")
     else:
-        st.markdown(f"Heads train on **{escape(active['key'])}**: {escape(active['base'])} with its "
+        st.markdown(f"Heads train on **{active['key']}**: {active['base']} with its "
                     f"top from block {active['start_block']} fine-tuned on {active['n_labels']:,} "
                     f"labels (hold-out accuracy {active['holdout_after']:.1%} on it against "
                     f"{active['holdout_before']:.1%} before, heads trained on the same labels).")

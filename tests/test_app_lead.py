@@ -171,3 +171,38 @@ def test_a_new_token_is_listed_at_once(lead_app):
     assert "ana" in list(people["name"])
     at.run()
     assert not at.code                                              # shown this once
+
+
+@pytest.mark.slow
+def test_the_backbone_panel_fine_tunes_in_the_background_and_goes_back(lead_app, shared_cache):
+    """The Project page offers fine-tuning on this small project, runs it on the trainer's worker
+    (the page returns at once), then says what heads train on and lists the job; adopted, it
+    offers the way back."""
+    from loop import tuning
+    from loop.trainer import trainer_for
+
+    at = lead_page("project_page").run()
+    assert not at.exception
+    assert "Heads train on **efficientnet-lite0** as it was trained on ImageNet (frozen)." in texts(at)
+    assert "Offered because the project is small (90 images)" in texts(at)
+    button(at, "Fine-tune the backbone's top block").click().run()
+    assert not at.exception and "Fine-tuning started in the background." in texts(at)
+    small = project(lead_app)
+    try:
+        assert trainer_for(small).wait_tuned(timeout=600) and not trainer_for(small).tune_errors
+        row = small.store.backbone_versions(small.id)[-1]
+        assert row["status"] in ("adopted", "kept-frozen") and tuning.running_job(small) is None
+        at.run()
+        assert not at.exception
+        shown = " ".join(str(df.value.to_dict()) for df in at.dataframe)
+        assert row["key"] in shown and row["status"] in shown
+        if row["status"] == "adopted":
+            assert f"Heads train on **{row['key']}**" in texts(at)
+            button(at, "Go back to the frozen backbone").click().run()
+            assert "Heads train on efficientnet-lite0 again from the next retrain." in texts(at)
+            assert small.features_key == "efficientnet-lite0"
+        else:
+            assert "Heads train on **efficientnet-lite0**" in texts(at)
+    finally:
+        for job in small.store.backbone_versions(small.id):
+            shutil.rmtree(shared_cache / job["key"], ignore_errors=True)

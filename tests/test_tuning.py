@@ -232,3 +232,42 @@ def test_the_store_keeps_one_job_at_a_time_on_both_databases(database):
     store.retire_backbone(project_id, "k1")
     assert store.active_backbone(project_id) is None
     assert [r["status"] for r in store.backbone_versions(project_id)] == ["retired"]
+
+
+def test_images_added_after_adoption_are_embedded_by_the_tuned_network(tmp_path, demo_project,
+                                                                        shared_cache):
+    from PIL import Image
+
+    from loop import tuning
+    from loop.project import Paths, create_project
+    from loop.settings import Settings
+    from loop.store import Store
+    from models.images import file_hash, load_image
+    from tests.test_project import small_folder
+
+    folder = small_folder(demo_project.root, tmp_path / "animals", per_class=8)
+    project = create_project(Store(tmp_path / "juicer.db"), "animals", folder,
+                             Paths(tmp_path, cache_dir=shared_cache),
+                             settings=Settings(seeds_per_class=3, holdout_fraction=0.3))
+    try:
+        row = tuning.run(project, adopt="always", **QUICK)
+        assert project.features_key == row["key"]
+        # A new file arrives after adoption (a slightly changed copy: new content, new hash).
+        source = next((folder / project.class_names[0]).glob("*.png"))
+        pixels = np.asarray(Image.open(source).convert("RGB")).copy()
+        pixels[0, 0] = 255 - pixels[0, 0]
+        Image.fromarray(pixels).save(folder / project.class_names[0] / "new.png")
+        new = folder / project.class_names[0] / "new.png"
+        project.store.add_images(project.id, [{"path": f"{project.class_names[0]}/new.png",
+                                               "hash": file_hash(new), "split": "pool",
+                                               "known_class_id": project.class_rows[0]["id"]}])
+        assert project.embed() == {}
+        network = project.network()
+        image = load_image(new, network.image_size)[None]
+        stored = project.cache.get([file_hash(new)])
+        np.testing.assert_allclose(stored, network.embed(image), atol=1e-5)
+        assert not np.allclose(stored, project.network("efficientnet-lite0").embed(image), atol=1e-3)
+        assert project.cache_for("efficientnet-lite0").missing([file_hash(new)])   # base untouched
+    finally:
+        for job in project.store.backbone_versions(project.id):
+            shutil.rmtree(shared_cache / job["key"], ignore_errors=True)
