@@ -5,8 +5,10 @@ hold-out's (`models.finetune`: the classifier first, then top and classifier at 
 head's learning rate, batch norm folded so in inference mode); every image is then embedded again
 by the tuned network into a cache of its own key ("<backbone>@tuned-<id>"). The new backbone is
 adopted only if a head on it scores better on the hold-out than a head on what the project has,
-both trained on the same labels (the hold-out is scored, never trained on, as after every
-retrain); adopting publishes the first head on it in the same transaction. A killed job resumes
+both trained on the same labels, by more than the hold-out's noise (the paired difference, image
+by image, above 1.645 of its standard errors: a one-sided 95% test, so a lucky draw of a few
+images does not switch the project); the hold-out is scored, never trained on, as after every
+retrain. Adopting publishes the first head on it in the same transaction. A killed job resumes
 where it stopped: the tuned weights are kept, images already embedded are skipped.
 
     python -m loop fine-tune PROJECT [--from-block 15] [--adopt if-better|always|never]
@@ -34,6 +36,7 @@ SMALL_PROJECT = 5_000     # images: re-embedding them all on 2 CPU cores takes a
 MAX_TUNE_LABELS = 4_000   # labels the top trains on (a random sample beyond: 37 KB of activations each)
 EMBED_CHUNK = 10_000      # images embedded per pass (their rows and paths held at once)
 PROGRESS_SECONDS = 2.0    # how often the job writes how far it got (the pages poll it)
+Z_ADOPT = 1.645           # one-sided 95%: the gain a tuned backbone must show beyond its noise
 STALE_SECONDS = 600       # a job silent this long (no progress written) is taken over
 
 
@@ -207,35 +210,54 @@ def _embed(project: Project, row: dict, on_progress) -> None:
                         embed_seconds=(row["embed_seconds"] or 0) + time.perf_counter() - started)
 
 
-def holdout_accuracy(project: Project, backbone: str, up_to_event: int) -> tuple[float | None, int]:
-    """(hold-out accuracy, labeled hold-out images) of a fresh head trained on the pool labels up
-    to `up_to_event` on `backbone`'s embeddings, as a retrain trains it; None without hold-out labels."""
+def holdout_correct(project: Project, backbone: str, up_to_event: int) -> np.ndarray | None:
+    """Per labeled hold-out image (in id order), whether a fresh head trained on the pool labels up
+    to `up_to_event` on `backbone`'s embeddings, as a retrain trains it, gets it right; None
+    without hold-out labels or two classes to train on."""
     ids, X, y = project.labeled("pool", up_to_event=up_to_event, backbone=backbone)
     _, X_hold, y_hold = project.labeled("holdout", backbone=backbone)
     if not len(y_hold) or len(np.unique(y)) < 2:
-        return None, len(y_hold)
+        return None
     head = project.new_head()
     unlabeled = (project.unlabeled_pool(ids, head.spread_max_unlabeled, seed=len(ids), backbone=backbone)
                  if head.wants_unlabeled(y) else None)
     head.fit(X, y, unlabeled=unlabeled)
-    return float((head.predict(X_hold) == y_hold).mean()), len(y_hold)
+    return head.predict(X_hold) == y_hold
+
+
+def paired_gain(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
+    """(mean gain in accuracy, its standard error) of `after` over `before`, image by image.
+
+    >>> paired_gain(np.array([1, 0, 0, 1]), np.array([1, 1, 0, 1]))
+    (0.25, 0.25)
+    """
+    d = np.asarray(after, float) - np.asarray(before, float)
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+    return float(d.mean()), se
 
 
 def _compare_and_adopt(project: Project, row: dict, adopt: str, wait_seconds: float = 120) -> dict:
     store = project.store
     now_key = project.features_key
     last_event = store.last_event_id(project.id)
-    before, n_holdout = holdout_accuracy(project, now_key, last_event)
-    after, _ = holdout_accuracy(project, row["key"], last_event)
-    store.update_tuning(row["id"], row["owner"], holdout_before=before, holdout_after=after,
-                        n_holdout=n_holdout)
-    better = before is not None and after is not None and after > before
+    before = holdout_correct(project, now_key, last_event)
+    after = holdout_correct(project, row["key"], last_event)
+    scored = before is not None and after is not None
+    gain, se = paired_gain(before, after) if scored else (0.0, float("inf"))
+    store.update_tuning(row["id"], row["owner"], n_holdout=0 if before is None else len(before),
+                        holdout_before=before.mean() if scored else None,
+                        holdout_after=after.mean() if scored else None)
+    better = scored and gain > Z_ADOPT * se
+    why = ("the hold-out has no labels to compare on" if not scored else
+           f"hold-out accuracy {after.mean():.3f} against {before.mean():.3f} on {now_key} "
+           f"({100 * gain:+.1f} +- {100 * se:.1f} points, paired over {len(before)} images)")
     if adopt == "never" or (adopt == "if-better" and not better):
-        why = ("the hold-out has no labels to compare on" if before is None else
-               f"hold-out accuracy {after:.3f} against {before:.3f} on {now_key}")
         store.update_tuning(row["id"], row["owner"], status="kept-frozen", finished_at=time.time(),
-                            message=("kept as asked: " if adopt == "never" else "not better: ") + why)
+                            message=("kept as asked: " if adopt == "never" else
+                                     "not better beyond the hold-out's noise: ") + why)
     else:
+        store.update_tuning(row["id"], row["owner"], message=(
+            "better beyond the hold-out's noise: " if better else "adopted as asked: ") + why)
         deadline = time.monotonic() + wait_seconds
         # The retrain takes the training lease for itself; a trainer holding it releases it
         # within a retrain (about a second), so wait for it rather than fail.

@@ -175,9 +175,10 @@ def backbone_body(project: Project, was_running: bool) -> None:
         ok, why = tuning.offered(project)
         if ok:
             st.caption(f"Offered because {why}. Measured on bundled sets (bench/README.md): "
-                       "about a point of accuracy on fashion-mnist, none on demo. It is adopted "
-                       "only if a head on it scores better on the hold-out than one on what the "
-                       "project has now; the hold-out is never trained on.")
+                       "a point or two either way on demo and fashion-mnist. It is adopted only "
+                       "if a head on it scores better on the hold-out than one on what the "
+                       "project has now, beyond the hold-out's noise; the hold-out is never "
+                       "trained on.")
             if st.button("Fine-tune the backbone's top block", key="fine-tune"):
                 try:
                     trainer_for(project).fine_tune()

@@ -115,17 +115,34 @@ def test_the_job_trains_on_pool_labels_embeds_everything_and_adopts_with_its_fir
 
 
 @pytest.mark.slow
-def test_a_job_that_does_not_beat_the_frozen_backbone_is_kept_apart(small):
+def test_a_job_that_does_not_beat_the_frozen_backbone_is_kept_apart(small, monkeypatch):
     from loop import tuning
 
     row = tuning.run(small, adopt="never", **QUICK)
     assert row["status"] == "kept-frozen" and row["message"].startswith("kept as asked")
     assert small.features_key == "efficientnet-lite0"
     assert small.store.latest_model_version(small.id)["backbone"] == "efficientnet-lite0"
+    # If better, by more than the hold-out's noise: one image more right does not switch.
+    n = row["n_holdout"]
+    one_more = np.zeros(n, bool), np.r_[True, np.zeros(n - 1, bool)]
+    monkeypatch.setattr(tuning, "holdout_correct", lambda p, key, e: one_more[key == row_key[0]])
+    row_key = [None]
+    real_new_job = tuning.new_job
+
+    def remember(project, start_block=15):
+        job = real_new_job(project, start_block)
+        row_key[0] = job["key"]
+        return job
+
+    monkeypatch.setattr(tuning, "new_job", remember)
     row = tuning.run(small, adopt="if-better", **QUICK)
-    better = row["holdout_after"] > row["holdout_before"]
-    assert row["status"] == ("adopted" if better else "kept-frozen")
-    assert (small.features_key == row["key"]) == better
+    assert row["status"] == "kept-frozen" and small.features_key == "efficientnet-lite0"
+    assert "not better beyond the hold-out's noise" in row["message"] and f"{100 / n:+.1f} +- {100 / n:.1f} points" in row["message"]
+    clearly = np.zeros(n, bool), np.r_[np.ones(n // 2, bool), np.zeros(n - n // 2, bool)]
+    monkeypatch.setattr(tuning, "holdout_correct", lambda p, key, e: clearly[key == row_key[0]])
+    row = tuning.run(small, adopt="if-better", **QUICK)
+    assert row["status"] == "adopted" and small.features_key == row["key"]
+    assert row["holdout_after"] == pytest.approx((n // 2) / n) and row["holdout_before"] == 0
     with pytest.raises(ValueError, match="adopt must be"):
         tuning.run(small, adopt="sometimes")
 
