@@ -627,6 +627,27 @@ class Store:
             "SELECT hash FROM images WHERE project_id = ? AND status = 'ok' GROUP BY hash "
             "HAVING count(DISTINCT known_class_id) > 1", [project_id]).fetchall()}
 
+    def duplicate_images(self, project_id: int) -> list[dict]:
+        """The usable images that have a usable byte-for-byte copy (the same content hash), in id
+        order: rows {"id", "path", "hash", "split", "known_class_id"}. Usually a few of a
+        project's rows: what a listing of copy groups, or a pass that must see each content once
+        across chunks of rows, needs to know (a hash not among them occurs once)."""
+        return self.query(
+            "SELECT id, path, hash, split, known_class_id FROM images WHERE project_id = ? "
+            "AND status = 'ok' AND hash IN (SELECT hash FROM images WHERE project_id = ? AND "
+            "status = 'ok' GROUP BY hash HAVING count(*) > 1) ORDER BY id", [project_id, project_id])
+
+    def image_hashes(self, project_id: int, image_ids: Sequence[int]) -> dict[int, str]:
+        """{id: content hash} of the images `image_ids` of the project (read 500 at a time): the
+        rows of a few images out of a large split, two columns each."""
+        out: dict[int, str] = {}
+        ids = [int(i) for i in image_ids]
+        for start in range(0, len(ids), 500):
+            part = ids[start:start + 500]
+            out.update(self.db.execute(f"SELECT id, hash FROM images WHERE project_id = ? AND id IN "
+                                       f"({','.join('?' * len(part))})", [project_id, *part]).fetchall())
+        return out
+
     # -- labels ---------------------------------------------------------------------------------
 
     def add_labels(self, project_id: int, labels: Sequence[tuple[int, str | int | None]],
@@ -697,6 +718,14 @@ class Store:
             args.append(source)
         rows = self.db.execute(sql.format(bound=bound, split=where_split, source=where_source), args).fetchall()
         return dict(rows)
+
+    def labeled_counts(self, project_id: int) -> dict[str, int]:
+        """{split: usable images with a label in force}: `len(current_labels(project_id, split))`
+        for every split at once, counted by the database."""
+        return {r[0]: r[1] for r in self.db.execute(
+            "SELECT i.split, count(*) FROM label_events e JOIN images i ON i.id = e.image_id "
+            "WHERE e.id IN (SELECT max(id) FROM label_events WHERE project_id = ? GROUP BY image_id) "
+            "AND e.class_id IS NOT NULL AND i.status = 'ok' GROUP BY i.split", [project_id]).fetchall()}
 
     def latest_events(self, project_id: int) -> dict[int, dict]:
         """{image id: its latest event} (retractions included)."""

@@ -406,3 +406,37 @@ def test_images_read_in_chunks_and_copy_groups_in_sql(store, project):
     copies = store.copies(project, [h1, h0])            # usable copies only, in id order
     assert [(r["copy_of"], r["id"], r["known_class_id"]) for r in copies] == [
         (h0, h0, None), (h1, h1, None), (h1, c1, cat)]
+
+
+def test_copies_hashes_and_label_counts_read_without_every_row(store, project):
+    """What a project's status, its retrains and its unlabeled draw read of a large project: the
+    few images that have copies, the hashes of given ids, and the labels in force per split."""
+    other = store.create_project("q", "/other", "{}", ["cat", "dog"])
+    store.add_images(other, [{"path": "x.png", "hash": "h0", "split": "pool"}])   # not a copy
+    cat, dog = store.class_id(project, "cat"), store.class_id(project, "dog")
+    store.add_images(project, [
+        {"path": "c1.png", "hash": "h1", "split": "pool", "known_class_id": cat},
+        {"path": "a.png", "hash": "amb", "split": "pool", "known_class_id": cat},
+        {"path": "b.png", "hash": "amb", "split": "holdout", "known_class_id": dog},
+        {"path": "bad.png", "hash": "h2", "split": "pool", "status": "skipped", "reason": "broken"}])
+    rows = store.images(project)
+    expected = [{k: r[k] for k in ("id", "path", "hash", "split", "known_class_id")} for r in rows
+                if sum(o["hash"] == r["hash"] for o in rows) > 1]
+    assert store.duplicate_images(project) == expected                 # the skipped copy is no copy
+    assert [r["path"] for r in expected] == ["1.png", "c1.png", "a.png", "b.png"]
+
+    ids = [r["id"] for r in rows]
+    picked = [ids[7], ids[0], ids[3]] + [ids[k] for k in range(len(ids))] * 200   # 500 per query
+    assert store.image_hashes(project, np.array(picked)) == {r["id"]: r["hash"] for r in rows}
+    assert store.image_hashes(project, []) == {}
+    assert store.image_hashes(other, ids[:2]) == {}                    # another project's ids
+
+    skipped = next(i["id"] for i in store.images(project, status="skipped"))
+    store.add_labels(project, [(ids[0], "cat"), (ids[1], "dog"), (ids[8], "cat")], "ana", "human")
+    store.add_labels(project, [(ids[1], None)], "ana", "human")        # retracted: not a label
+    store.db.execute("INSERT INTO label_events (project_id, image_id, class_id, annotator, source, "
+                     "created_at) VALUES (?, ?, ?, 'ana', 'human', 0)", [project, skipped, cat])
+    assert store.labeled_counts(project) == {"pool": 1, "holdout": 1}
+    for split in ("pool", "holdout"):
+        assert store.labeled_counts(project)[split] == len(store.current_labels(project, split))
+    assert store.labeled_counts(other) == {}
