@@ -1,7 +1,8 @@
 """The figures one Keras backend gives on the demo set, for tests/test_backends.py to compare
 across backends: `python -m tests.backend_check OUT_DIR` under KERAS_BACKEND=tensorflow, jax or
 torch writes OUT_DIR/embeddings.npy (64 demo images embedded from their files) and
-OUT_DIR/figures.json (the head's hold-out accuracy, a short replay's curve).
+OUT_DIR/figures.json (the head's hold-out accuracy, a short replay's curve, and whether the
+fine-tuned network composes and trains there).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main(out: Path) -> None:
     from loop.replay import replay
     from models.backbones import load_backbone
     from models.extract import embed_files
+    from models.images import load_image
 
     out.mkdir(parents=True, exist_ok=True)
     shared_cache = SHARED_DATA / "cache" / "embeddings"
@@ -51,12 +53,26 @@ def main(out: Path) -> None:
     y_holdout = np.array([project.class_index[i["known_class_id"]] for i in holdout])
     accuracy = float((head.predict(project.embeddings_of(holdout)) == y_holdout).mean())
 
+    # Fine-tuning on this backend: the tuned network with the base's weights is the base, and a
+    # short tuning of the top on 20 labeled images trains (gradients through every layer).
+    from models.finetune import TunedBackbone, features, fine_tune, split
+
+    images = np.stack([load_image(f, backbone.image_size) for f in files[:20]])
+    bottom, top = split(backbone.network, backbone.spec.width, backbone.spec.depth, 15)
+    same = TunedBackbone(backbone, 15, top.get_weights(), "check").embed(images[:8])
+    activations = np.asarray(bottom.predict_on_batch(backbone.preprocess(images)))
+    tuned = fine_tune(top, activations, truth[:20], len(project.class_names), head_epochs=3, epochs=2)
+    tuned_features = features(tuned, activations)
+
     # The whole loop on this backend: strategy, background retrains, scoring.
     rows = replay("demo", out / "replay", budget=REPLAY_BUDGET, batch=10, data_dir=SHARED_DATA,
                   log=lambda *_: None)
     (out / "figures.json").write_text(json.dumps({
         "backend": keras.backend.backend(), "holdout_accuracy": accuracy,
-        "n_holdout": len(holdout), "replay": [[r["labels"], r["accuracy"]] for r in rows]}))
+        "n_holdout": len(holdout), "replay": [[r["labels"], r["accuracy"]] for r in rows],
+        "tuned_as_base_max_diff": float(np.abs(same - backbone.embed(images[:8])).max()),
+        "tuned_moved": float(np.abs(tuned_features - features(top, activations)).max()),
+        "tuned_finite": bool(np.isfinite(tuned_features).all())}))
 
 
 if __name__ == "__main__":

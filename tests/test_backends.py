@@ -86,6 +86,10 @@ def test_embeddings_head_and_replay_match_tensorflow(backend, tensorflow_figures
     assert np.abs(embeddings - tf_embeddings).max() <= EMBEDDING_ATOL
     assert other["n_holdout"] == tf["n_holdout"] >= 300
     assert abs(other["holdout_accuracy"] - tf["holdout_accuracy"]) <= ACCURACY_POINTS
+    # Fine-tuning runs there too: the tuned network with the base's weights is the base, and
+    # training the top moves its features (the job's two pieces, on this backend).
+    assert other["tuned_as_base_max_diff"] <= EMBEDDING_ATOL and other["tuned_finite"]
+    assert other["tuned_moved"] > 1e-3
     assert tf["holdout_accuracy"] > 0.8
     assert [n for n, _ in other["replay"]] == [n for n, _ in tf["replay"]]
     assert abs(other["replay"][-1][1] - tf["replay"][-1][1]) <= REPLAY_POINTS
