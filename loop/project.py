@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -358,6 +358,27 @@ def known_classes(group: Sequence[dict]) -> set:
     return {i["known_class_id"] for i in group if i["known_class_id"] is not None}
 
 
+def first_copies(rows: Iterable[dict], copied: set[str], seen: set[str]) -> dict[str, int]:
+    """{content hash: id of its first row} of one chunk of image rows (in id order), leaving out
+    the hashes in `seen`, which then takes in those of `copied`. Fed chunk after chunk, with
+    `copied` the hashes of `Store.duplicate_images` (only those can come again in a later
+    chunk), each content comes out once, at its first row, as from a list of every row; and
+    `seen` holds the few hashes with copies, never a million.
+
+    >>> seen = set()
+    >>> first_copies([{"id": 1, "hash": "a"}, {"id": 2, "hash": "b"}], {"a"}, seen), seen
+    ({'a': 1, 'b': 2}, {'a'})
+    >>> first_copies([{"id": 3, "hash": "a"}, {"id": 4, "hash": "c"}], {"a"}, seen)
+    {'c': 4}
+    """
+    first: dict[str, int] = {}
+    for row in rows:
+        if row["hash"] not in seen:
+            first.setdefault(row["hash"], row["id"])
+    seen.update(h for h in first if h in copied)
+    return first
+
+
 # -- the project ------------------------------------------------------------------------------
 
 class Project:
@@ -555,9 +576,10 @@ class Project:
         of `backbone` (a registered backbone or feature option, default the project's)."""
         labels = self.store.current_labels(self.id, split=split, up_to_event=up_to_event)
         ids = np.array(sorted(labels), dtype=np.int64)
-        rows = {i["id"]: i["hash"] for i in self.store.images(self.id, split=split)}
+        # The labeled images' hashes only: every retrain reads this, and a split may hold a million.
+        hashes = self.store.image_hashes(self.id, ids)
         cache = self.cache_for(backbone)
-        X = cache.get([rows[i] for i in ids]) if len(ids) else np.zeros((0, 0), np.float32)
+        X = cache.get([hashes[i] for i in ids]) if len(ids) else np.zeros((0, 0), np.float32)
         y = np.array([self.class_index[labels[i]] for i in ids], dtype=np.int64)
         return ids, X, y
 
@@ -569,12 +591,28 @@ class Project:
         even unlabeled."""
         cache = self.cache_for(backbone)
         taken = {int(i) for i in labeled_ids}
-        hashes = [i["hash"] for i in self.store.images(self.id, split="pool") if i["id"] not in taken]
-        missing = set(cache.missing(hashes))   # added since, not embedded yet: left out
-        hashes = [h for h in dict.fromkeys(hashes) if h not in missing]
-        if len(hashes) > limit:
+        # The candidates as one int64 array of ids, read a chunk of hashes at a time: each
+        # content once, at its first unlabeled copy, in id order (the order the draw depends on).
+        # Their hashes are kept too while they are few enough to be returned all (`limit`).
+        copied = {i["hash"] for i in self.store.duplicate_images(self.id)}
+        seen: set[str] = set()
+        kept, hashes = [], []
+        for rows in self.store.iter_images(self.id, split="pool", chunk=PREPARE_CHUNK,
+                                           columns=["hash"]):
+            first = first_copies((i for i in rows if i["id"] not in taken), copied, seen)
+            missing = set(cache.missing(list(first)))   # added since, not embedded yet: left out
+            first = {h: i for h, i in first.items() if h not in missing}
+            kept.append(np.fromiter(first.values(), dtype=np.int64, count=len(first)))
+            if hashes is not None and len(hashes) + len(first) <= limit:
+                hashes.extend(first)
+            else:
+                hashes = None
+        if hashes is None:    # more than `limit`: draw them, then read the drawn ones' hashes
+            ids = np.concatenate(kept)
             rng = np.random.default_rng([self.settings.seed, seed, 11])
-            hashes = [hashes[i] for i in np.sort(rng.choice(len(hashes), limit, replace=False))]
+            ids = ids[np.sort(rng.choice(len(ids), limit, replace=False))]
+            by_id = self.store.image_hashes(self.id, ids)
+            hashes = [by_id[i] for i in ids]
         return cache.get(hashes) if hashes else np.zeros((0, 0), np.float32)
 
     def embedded_backbones(self) -> list[str]:
@@ -802,11 +840,16 @@ class Project:
         same split, so a copy never scores the model on an image it trained on), and those groups
         whose copies sit in different class folders ("conflicts", one line each naming every file
         and its folder class: kept out of the hold-out, as their truth is ambiguous)."""
-        images = self.store.images(self.id)
-        labels = self.store.current_labels(self.id)
-        split_of = {i["id"]: i["split"] for i in images}
-        evaluations = self.store.evaluations(self.id)
-        groups = [group for group in copy_groups(images).values() if len(group) > 1]
+        # Counted and grouped by the database, in one read: the rows read are the few images
+        # that have copies (and the skipped ones), never every image.
+        with self.store.snapshot():
+            splits = self.store.split_counts(self.id)
+            labeled = self.store.labeled_counts(self.id)
+            groups = list(copy_groups(self.store.duplicate_images(self.id)).values())
+            skipped = self.store.skipped_images(self.id)
+            versions = len(self.store.model_versions(self.id))
+            evaluations = self.store.evaluations(self.id)
+            backbone = self.features_key
         name_of = {c["id"]: c["name"] for c in self.class_rows}
         conflicts = []
         for group in groups:
@@ -817,16 +860,14 @@ class Project:
                     line += ": in the hold-out"
                 conflicts.append(line)
         return {
-            "project": self.name, "root": str(self.root), "backbone": self.features_key,
-            "classes": self.class_names, "images": len(images),
-            "pool": sum(s == "pool" for s in split_of.values()),
-            "holdout": sum(s == "holdout" for s in split_of.values()),
-            "skipped": [(i["path"], i["reason"]) for i in self.store.skipped_images(self.id)],
+            "project": self.name, "root": str(self.root), "backbone": backbone,
+            "classes": self.class_names, "images": sum(splits.values()),
+            "pool": splits.get("pool", 0), "holdout": splits.get("holdout", 0),
+            "skipped": [(i["path"], i["reason"]) for i in skipped],
             "duplicates": [[i["path"] for i in group] for group in groups],
             "conflicts": conflicts,
-            "labeled_pool": sum(split_of.get(i) == "pool" for i in labels),
-            "labeled_holdout": sum(split_of.get(i) == "holdout" for i in labels),
-            "model_versions": len(self.store.model_versions(self.id)),
+            "labeled_pool": labeled.get("pool", 0), "labeled_holdout": labeled.get("holdout", 0),
+            "model_versions": versions,
             "accuracy": evaluations[-1]["accuracy"] if evaluations else None,
         }
 

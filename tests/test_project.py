@@ -383,6 +383,111 @@ def test_holdout_and_seeds_read_in_chunks_draw_as_the_whole_list_did(tmp_path, d
         assert seeds and not seeds & {i["id"] for i in images if i["hash"] == "amb"}
 
 
+def labeled_as_before(project, split):
+    """`Project.labeled` as it was, with a dict of every image of the split."""
+    labels = project.store.current_labels(project.id, split=split)
+    ids = np.array(sorted(labels), dtype=np.int64)
+    rows = {i["id"]: i["hash"] for i in project.store.images(project.id, split=split)}
+    X = project.cache.get([rows[i] for i in ids]) if len(ids) else np.zeros((0, 0), np.float32)
+    return ids, X, np.array([project.class_index[labels[i]] for i in ids], dtype=np.int64)
+
+
+def unlabeled_as_before(project, labeled_ids, limit, seed):
+    """`Project.unlabeled_pool` as it was, on the list of every pool image's hash."""
+    taken = {int(i) for i in labeled_ids}
+    hashes = [i["hash"] for i in project.store.images(project.id, split="pool") if i["id"] not in taken]
+    missing = set(project.cache.missing(hashes))
+    hashes = [h for h in dict.fromkeys(hashes) if h not in missing]
+    if len(hashes) > limit:
+        rng = np.random.default_rng([project.settings.seed, seed, 11])
+        hashes = [hashes[i] for i in np.sort(rng.choice(len(hashes), limit, replace=False))]
+    return project.cache.get(hashes) if hashes else np.zeros((0, 0), np.float32)
+
+
+def status_as_before(project):
+    """`Project.status` as it was, grouping every image row in Python."""
+    images = project.store.images(project.id)
+    labels = project.store.current_labels(project.id)
+    split_of = {i["id"]: i["split"] for i in images}
+    evaluations = project.store.evaluations(project.id)
+    groups = [group for group in copy_groups(images).values() if len(group) > 1]
+    name_of = {c["id"]: c["name"] for c in project.class_rows}
+    conflicts = []
+    for group in groups:
+        if len(known_classes(group)) > 1:
+            line = " = ".join(f"{i['path']} ({name_of.get(i['known_class_id'], 'no class')})"
+                              for i in group)
+            if any(i["split"] == "holdout" for i in group):
+                line += ": in the hold-out"
+            conflicts.append(line)
+    return {
+        "project": project.name, "root": str(project.root), "backbone": project.features_key,
+        "classes": project.class_names, "images": len(images),
+        "pool": sum(s == "pool" for s in split_of.values()),
+        "holdout": sum(s == "holdout" for s in split_of.values()),
+        "skipped": [(i["path"], i["reason"]) for i in project.store.skipped_images(project.id)],
+        "duplicates": [[i["path"] for i in group] for group in groups],
+        "conflicts": conflicts,
+        "labeled_pool": sum(split_of.get(i) == "pool" for i in labels),
+        "labeled_holdout": sum(split_of.get(i) == "holdout" for i in labels),
+        "model_versions": len(project.store.model_versions(project.id)),
+        "accuracy": evaluations[-1]["accuracy"] if evaluations else None,
+    }
+
+
+def test_labels_unlabeled_draw_and_status_read_in_chunks_give_what_every_row_did(
+        tmp_path, database, monkeypatch):  # noqa: F811
+    # Store rows and a cache of made-up vectors (one per hash, so a wrong image shows): copies
+    # of up to 4 files scattered over the ids (so across chunks of 3 rows), some with a labeled
+    # copy, one file in two class folders and the hold-out, skipped copies, hashes not cached.
+    monkeypatch.setattr(project_module, "PREPARE_CHUNK", 3)
+    store = Store(database)
+    rng = np.random.default_rng(8)
+    for seed in range(4):
+        name = f"u{seed}"
+        paths = Paths(tmp_path / name, cache_dir=tmp_path / name / "cache")
+        pid = store.create_project(name, str(tmp_path), Settings(seed=seed).to_json(), list(CLASSES))
+        cat, cow, zebra = (c["id"] for c in store.classes(pid))
+        rows = [{"path": f"{k}-{c}.png", "hash": f"h{k}", "split": "pool", "known_class_id": klass}
+                for k, (klass, n) in enumerate(zip(rng.choice([cat, cow, zebra, None], 30),
+                                                   rng.choice([1, 1, 1, 2, 3, 4], 30)))
+                for c in range(n)]
+        rows += [{"path": "amb-cat.png", "hash": "amb", "split": "holdout", "known_class_id": cat},
+                 {"path": "amb-cow.png", "hash": "amb", "split": "holdout", "known_class_id": cow},
+                 {"path": "held.png", "hash": "held", "split": "holdout", "known_class_id": cow},
+                 {"path": "bad.png", "hash": "h0", "split": "pool", "status": "skipped",
+                  "reason": "broken"}]
+        store.add_images(pid, [rows[k] for k in rng.permutation(len(rows))])
+        project = Project(store, name, paths)
+        hashes = sorted({r["hash"] for r in rows})
+        cached = [h for h in hashes if rng.random() < 0.8 or h in ("amb", "held")]
+        project.cache.add(cached, rng.normal(size=(len(cached), 4)).astype(np.float32))
+        pool = store.images(pid, split="pool")
+        labeled = [i for i in pool if i["hash"] in cached and rng.random() < 0.3]
+        store.add_labels(pid, [(i["id"], i["known_class_id"] or cat) for i in labeled], "ana", "human")
+        store.add_labels(pid, [(i["id"], cow) for i in store.images(pid, split="holdout")],
+                         "folder", "imported")
+        store.add_labels(pid, [(labeled[0]["id"], None)], "ana", "human")   # a retracted one
+
+        for split in ("pool", "holdout"):
+            for new, old in zip(project.labeled(split), labeled_as_before(project, split)):
+                np.testing.assert_array_equal(new, old)
+        ids = project.labeled("pool")[0]
+        for limit in (0, 1, 5, 12, 1000):
+            for draw in (0, 3):
+                for some in (ids, ids[::2], []):
+                    np.testing.assert_array_equal(project.unlabeled_pool(some, limit, seed=draw),
+                                                  unlabeled_as_before(project, some, limit, draw))
+        assert len(project.unlabeled_pool([], 1000)) < len(pool)           # copies once, uncached out
+        status = project.status()
+        assert status == status_as_before(project)
+        [conflict] = status["conflicts"]
+        assert conflict.endswith(": in the hold-out") and sorted(
+            conflict.removesuffix(": in the hold-out").split(" = ")) == ["amb-cat.png (Cat)",
+                                                                        "amb-cow.png (Cow)"]
+        assert len(status["duplicates"]) > 3 and status["labeled_pool"] == len(labeled) - 1
+
+
 def test_embedding_in_chunks_skips_every_copy_of_a_bad_file_and_reports_one_total(
         tmp_path, demo_folder, paths, monkeypatch):
     root = small_folder(demo_folder, tmp_path / "animals", per_class=3)
