@@ -225,22 +225,71 @@ def embed_project(project, backbone: str | None = None, engine: str = "ray",
                   on_progress: Callable[[int, int], None] | None = None) -> dict:
     """`Project.embed` with a choice of engine: embed every image of `project` that the cache of
     `backbone` (default the project's) lacks, within the project's size limits, and mark the
-    files that cannot be decoded skipped, with the reason. Returns `embed_items`' summary, with
-    "skipped": [(path, reason)]. A registered backbone only: a fine-tuned one (loop.tuning)
-    re-embeds in its own job, and `Project.embed` embeds images added after it."""
-    images = project.store.images(project.id)
+    files that cannot be decoded skipped, with the reason. Returns `embed_items`' summary over
+    the whole project, with "skipped": [(path, reason)]. A registered backbone only: a
+    fine-tuned one (loop.tuning) re-embeds in its own job, and `Project.embed` embeds images
+    added after it.
+
+    The images are read `loop.project.PREPARE_CHUNK` rows at a time and embedded a chunk at a
+    time (one Ray session for them all), the progress counting over the whole project; a file
+    that failed is not decoded again for its copies in later chunks."""
+    import time
+
+    import loop.project
+    from loop.project import first_copies
+
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine '{engine}'; choose one of {', '.join(ENGINES)}")
+    store, chunk = project.store, loop.project.PREPARE_CHUNK
     backbone = backbone or project.settings.backbone
-    summary = embed_items(project.cache_for(backbone),
-                          [(i["hash"], project.root / i["path"]) for i in images],
-                          backbone, engine, actors, address,
-                          on_progress, max_pixels=int(project.settings.max_megapixels * 1e6),
-                          max_bytes=int(project.settings.max_file_mb * 2**20))
+    cache = project.cache_for(backbone)
+    limits = {"max_pixels": int(project.settings.max_megapixels * 1e6),
+              "max_bytes": int(project.settings.max_file_mb * 2**20)}
+    # A first pass counts the contents and those missing, chunk by chunk, each content once
+    # (only hashes with copies are remembered across chunks): the summary and the progress total.
+    # A content with copies is decoded from its last copy, as when every (hash, path) went to
+    # the engine at once (so a failure's reason names the same file).
+    last_copy = {i["hash"]: i["path"] for i in store.duplicate_images(project.id)}
+    copied = set(last_copy)
+    seen: set[str] = set()
+    contents, planned = 0, []
+    for rows in store.iter_images(project.id, chunk=chunk, columns=["hash"]):
+        hashes = list(first_copies(rows, copied, seen))
+        contents += len(hashes)
+        planned.append(len(cache.missing(hashes)))
+    total = sum(planned)
+    summary = {"images": contents, "cached": contents - total, "embedded": 0, "failures": {},
+               "seconds": 0.0, "engine": engine, "skipped": []}
+    if not total:                  # nothing missing: no Ray session started, no network loaded
+        return summary
+    started = time.perf_counter()
     failures = summary["failures"]
-    summary["skipped"] = []
-    for image in images:
-        if image["hash"] in failures:
-            project.store.skip_image(image["id"], failures[image["hash"]])
-            summary["skipped"].append((image["path"], failures[image["hash"]]))
+    reported = 0
+
+    def report(done: int) -> None:
+        nonlocal reported
+        if on_progress and done > reported:
+            reported = done
+            on_progress(done, total)
+
+    with ray_session(address) if engine == "ray" else contextlib.nullcontext():
+        done = 0              # images of the chunks before this one, as counted in the first pass
+        for k, rows in enumerate(store.iter_images(project.id, chunk=chunk, columns=["hash", "path"])):
+            items = [(i["hash"], project.root / last_copy.get(i["hash"], i["path"])) for i in rows
+                     if i["hash"] not in failures]
+            failures.update(embed_items(
+                cache, items, backbone, engine, actors, address,
+                lambda finished, _chunk_total, base=done: report(min(base + finished, total)),
+                **limits)["failures"])
+            for image in rows:    # every copy of a file that failed, in this chunk or before
+                if image["hash"] in failures:
+                    store.skip_image(image["id"], failures[image["hash"]])
+                    summary["skipped"].append((image["path"], failures[image["hash"]]))
+            # A chunk's share of the total as the first pass counted it (its last progress
+            # report may fall short of it when files failed to decode).
+            done = min(done + (planned[k] if k < len(planned) else 0), total)
+            report(done)
+    summary.update(embedded=total - len(failures), seconds=time.perf_counter() - started)
     return summary
 
 

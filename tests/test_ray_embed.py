@@ -12,6 +12,7 @@ import loop.ray_embed
 from loop.__main__ import main
 from loop.datasets import materialize
 from loop.embeddings import EmbeddingCache, fill_cache
+import loop.project
 from loop.project import Paths, Project, import_folder
 from loop.store import Store
 from models.images import file_hash
@@ -96,6 +97,79 @@ def test_ray_embeds_what_a_stopped_run_left_and_equals_the_single_process(
     assert again["embedded"] == 0 and again["cached"] == len(good)
     assert shard_hashes(project.cache) == after
     assert time.perf_counter() - started < 5
+
+
+def embed_project_as_before(project, engine):
+    """`embed_project` as it was: every image row and every (hash, path) item at once."""
+    images = project.store.images(project.id)
+    summary = loop.ray_embed.embed_items(
+        project.cache, [(i["hash"], project.root / i["path"]) for i in images], BACKBONE, engine,
+        max_pixels=int(project.settings.max_megapixels * 1e6),
+        max_bytes=int(project.settings.max_file_mb * 2**20))
+    summary["skipped"] = [(i["path"], summary["failures"][i["hash"]]) for i in images
+                          if i["hash"] in summary["failures"]]
+    for image in images:
+        if image["hash"] in summary["failures"]:
+            project.store.skip_image(image["id"], summary["failures"][image["hash"]])
+    return summary
+
+
+def test_a_project_embeds_a_chunk_at_a_time_as_it_did_all_at_once(tmp_path, shared_cache,
+                                                                  monkeypatch):
+    # 12 demo images, half of them cached already; a copy of a cached Cat and of an uncached one
+    # in Zebra (later chunks), a truncated file in Cat and its copy in Zebra; 4 rows a chunk.
+    from tests.conftest import SHARED_DATA
+
+    source = materialize("demo", SHARED_DATA)
+    root = tmp_path / "animals"
+    for name in ("Cat", "Cow", "Zebra"):
+        (root / name).mkdir(parents=True)
+        for path in sorted((source / name).glob("*.png"))[:4]:
+            shutil.copy(path, root / name / path.name)
+    cats = sorted((root / "Cat").glob("*.png"))
+    shutil.copy(cats[0], root / "Zebra" / "zz-copy-0.png")
+    shutil.copy(cats[1], root / "Zebra" / "zz-copy-1.png")
+    data = cats[2].read_bytes()
+    (root / "Cat" / "0-cut.png").write_bytes(data[: len(data) // 3])
+    shutil.copy(root / "Cat" / "0-cut.png", root / "Zebra" / "zz-cut.png")
+    reference = EmbeddingCache(shared_cache, BACKBONE)
+    projects = []
+    for name in ("chunks", "whole"):
+        paths = Paths(tmp_path / name, cache_dir=tmp_path / name / "cache")
+        import_folder(Store(paths.database), "animals", root)
+        project = Project(Store(paths.database), "animals", paths)
+        hashes = list(dict.fromkeys(i["hash"] for i in project.store.images(project.id)))
+        known = [h for h in hashes if h not in reference.missing(hashes)][::2]
+        project.cache.add(known, reference.get(known))
+        projects.append(project)
+    chunks, whole = projects
+    assert len(known) >= 4 and cats[0].name != "0-cut.png"
+
+    monkeypatch.setattr(loop.project, "PREPARE_CHUNK", 4)
+    handed, embed_items = [], loop.ray_embed.embed_items
+    monkeypatch.setattr(loop.ray_embed, "embed_items", lambda cache, items, *a, **k: handed.append(
+        [p.name for _, p in items]) or embed_items(cache, items, *a, **k))
+    progress = []
+    summary = loop.ray_embed.embed_project(chunks, engine="local",
+                                           on_progress=lambda d, t: progress.append((d, t)))
+    monkeypatch.setattr(loop.ray_embed, "embed_items", embed_items)
+    before = embed_project_as_before(whole, "local")
+    assert {k: v for k, v in summary.items() if k != "seconds"} == {
+        k: v for k, v in before.items() if k != "seconds"}
+    assert summary["images"] == 12 + 1 and summary["cached"] == len(known)
+    assert [p for p, _ in summary["skipped"]] == ["Cat/0-cut.png", "Zebra/zz-cut.png"]
+    assert chunks.status()["skipped"] == whole.status()["skipped"] == summary["skipped"]
+    # 15 rows, 4 a chunk; the bad file handed to the engine once (from its last copy, as before).
+    assert len(handed) == 4 and all(len(items) <= 4 for items in handed)
+    assert sum(items.count("0-cut.png") + items.count("zz-cut.png") for items in handed) == 1
+    total = summary["images"] - summary["cached"]
+    assert progress[-1] == (total, total) and {t for _, t in progress} == {total}
+    assert [d for d, _ in progress] == sorted({d for d, _ in progress})
+    hashes = [h for h in dict.fromkeys(i["hash"] for i in chunks.store.images(chunks.id))]
+    assert not chunks.cache.missing(hashes) and not whole.cache.missing(hashes)
+    assert np.abs(chunks.cache.get(hashes) - whole.cache.get(hashes)).max() < TOLERANCE
+    again = loop.ray_embed.embed_project(chunks, engine="local")
+    assert (again["cached"], again["embedded"], again["skipped"]) == (12, 0, [])
 
 
 def test_actor_plan_examples():
