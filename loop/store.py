@@ -644,7 +644,9 @@ class Store:
         ids = [int(i) for i in image_ids]
         for start in range(0, len(ids), 500):
             part = ids[start:start + 500]
-            out.update(self.db.execute(f"SELECT id, hash FROM images WHERE project_id = ? AND id IN "
+            # `+project_id`: SQLite would otherwise read the whole project along the covering
+            # (project_id, hash) index instead of looking the ids up by primary key.
+            out.update(self.db.execute(f"SELECT id, hash FROM images WHERE +project_id = ? AND id IN "
                                        f"({','.join('?' * len(part))})", [project_id, *part]).fetchall())
         return out
 
