@@ -12,6 +12,11 @@ tracemalloc (a fresh copy of the project each time: the draws write). The baseli
 of those steps began with before: `store.images(...)` (a dict per image) grouped by
 `copy_groups`, measured in the same run.
 
+Then, with 1,000 pool labels added, what runs on every retrain and every status page:
+`labeled("pool")`, `unlabeled_pool(labeled ids, limit=2000)` and `status()`, each against its
+code before (the whole split's rows read at once), in the same run. The stub cache answers each
+hash with a vector of one float, so what is measured is reading the project, not embeddings.
+
     python bench/prepare_memory.py [--sizes 10000,40000,160000] [--json]
 """
 
@@ -30,13 +35,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 CLASSES = 10
 STEPS = ("embed listing", "draw_holdout", "draw_seeds", "embedded_backbones")
+READS = ("labeled('pool')", "unlabeled_pool(2000)", "status()")
+LABELS = 1_000
+UNLABELED_LIMIT = 2_000
 
 
 class EveryHashCached:
-    """An embedding cache that has every hash (the embed step then only lists the project)."""
+    """An embedding cache that has every hash (the embed step then only lists the project),
+    each a vector of one float."""
 
     def missing(self, hashes):
         return []
+
+    def get(self, hashes):
+        import numpy as np
+
+        return np.zeros((len(hashes), 1), np.float32)
 
 
 def build(database: Path, n: int):
@@ -85,6 +99,76 @@ def run_steps(project, traced: bool) -> dict:
     return out
 
 
+def add_labels(project) -> None:
+    """LABELS pool images labeled (every 7th of the pool, from its folder class), as people would."""
+    pool = [i for rows in project.store.iter_images(project.id, split="pool", columns=["known_class_id"])
+            for i in rows][::7][:LABELS]
+    project.store.add_labels(project.id, [(i["id"], i["known_class_id"]) for i in pool],
+                             annotator="bench", source="simulated")
+
+
+def labeled_before(project, split):
+    """`Project.labeled` before: a dict of every image of the split for the labeled ids' hashes."""
+    import numpy as np
+
+    labels = project.store.current_labels(project.id, split=split)
+    ids = np.array(sorted(labels), dtype=np.int64)
+    rows = {i["id"]: i["hash"] for i in project.store.images(project.id, split=split)}
+    X = project.cache_for(None).get([rows[i] for i in ids])
+    return ids, X, np.array([project.class_index[labels[i]] for i in ids], dtype=np.int64)
+
+
+def unlabeled_pool_before(project, labeled_ids, limit, seed=0):
+    """`Project.unlabeled_pool` before: every pool row read at once."""
+    import numpy as np
+
+    cache = project.cache_for(None)
+    taken = {int(i) for i in labeled_ids}
+    hashes = [i["hash"] for i in project.store.images(project.id, split="pool") if i["id"] not in taken]
+    missing = set(cache.missing(hashes))
+    hashes = [h for h in dict.fromkeys(hashes) if h not in missing]
+    if len(hashes) > limit:
+        rng = np.random.default_rng([project.settings.seed, seed, 11])
+        hashes = [hashes[i] for i in np.sort(rng.choice(len(hashes), limit, replace=False))]
+    return cache.get(hashes)
+
+
+def status_before(project) -> dict:
+    """What `Project.status` read before: every image row and every label, grouped in Python."""
+    from loop.project import copy_groups, known_classes
+
+    images = project.store.images(project.id)
+    labels = project.store.current_labels(project.id)
+    split_of = {i["id"]: i["split"] for i in images}
+    groups = [group for group in copy_groups(images).values() if len(group) > 1]
+    conflicts = [g for g in groups if len(known_classes(g)) > 1]
+    return {"images": len(images), "duplicates": len(groups), "conflicts": len(conflicts),
+            "labeled_pool": sum(split_of.get(i) == "pool" for i in labels)}
+
+
+def run_reads(project, traced: bool) -> dict:
+    """{read: {"new", "old"}}: seconds (or peak traced MB) of each read, the new code then the old."""
+    ids = project.labeled("pool")[0]
+    reads = {"labeled('pool')": (lambda: project.labeled("pool"),
+                                 lambda: labeled_before(project, "pool")),
+             "unlabeled_pool(2000)": (lambda: project.unlabeled_pool(ids, UNLABELED_LIMIT),
+                                      lambda: unlabeled_pool_before(project, ids, UNLABELED_LIMIT)),
+             "status()": (project.status, lambda: status_before(project))}
+    out = {}
+    for name in READS:
+        out[name] = {}
+        for which, read in zip(("new", "old"), reads[name]):
+            if traced:
+                tracemalloc.reset_peak()
+                base = tracemalloc.get_traced_memory()[0]
+            started = time.perf_counter()
+            result = read()
+            out[name][which] = ((tracemalloc.get_traced_memory()[1] - base) / 2**20 if traced
+                                else time.perf_counter() - started)
+            del result
+    return out
+
+
 def baseline_mb(store, project_id: int) -> float:
     """Peak MB of the old first step: every usable image row, as dicts, grouped by content."""
     from loop.project import copy_groups
@@ -109,14 +193,20 @@ def measure(sizes: list[int]) -> dict:
             seconds = run_steps(project, traced=False)
             holdout = len(project.store.images(project.id, split="holdout"))
             seeds = sum(e["source"] == "seed" for e in project.store.label_events(project.id))
+            add_labels(project)
+            project.labeled("pool")        # a first call pays for the page cache: warm both alike
+            read_seconds = run_reads(project, traced=False)
             store, project = build(tmp / "traced.db", n)
             tracemalloc.start()
             peaks = run_steps(project, traced=True)
             old = baseline_mb(store, project.id)
+            add_labels(project)
+            read_peaks = run_reads(project, traced=True)
             tracemalloc.stop()
             runs.append({"images": n, "holdout": holdout, "seeds": seeds, "seconds": seconds,
                          "peak_mb": peaks, "peak_mb_max": max(peaks.values()),
-                         "old_listing_mb": old})
+                         "old_listing_mb": old, "pool_labels": len(project.labeled("pool")[0]),
+                         "reads_peak_mb": read_peaks, "reads_seconds": read_seconds})
     return {"prepare_chunk": PREPARE_CHUNK, "runs": runs, "load_average": os.getloadavg()[0]}
 
 
@@ -131,6 +221,14 @@ def report(f: dict) -> None:
     for r in f["runs"]:
         print(f"{r['images']:,} images: hold-out {r['holdout']}, seeds {r['seeds']}; seconds "
               + ", ".join(f"{s} {r['seconds'][s]:.2f}" for s in STEPS))
+    print(f"\nwith up to {LABELS:,} pool labels added: peak MB (and milliseconds) of each read, "
+          "new / old (the whole split's rows at once)")
+    print(f"{'images':>8}{'labels':>7}" + "".join(f"{s:>32}" for s in READS))
+    for r in f["runs"]:
+        print(f"{r['images']:>8,}{r['pool_labels']:>7,}" + "".join(
+            (f"{r['reads_peak_mb'][s]['new']:.1f} / {r['reads_peak_mb'][s]['old']:.1f} MB "
+             f"({r['reads_seconds'][s]['new'] * 1e3:.0f} / {r['reads_seconds'][s]['old'] * 1e3:.0f} ms)"
+             ).rjust(32) for s in READS))
     print(f"load average at the end {f['load_average']:.1f}")
 
 
