@@ -641,7 +641,12 @@ class Project:
         from models.extract import embed_files
 
         n_views = self.settings.augment_views
-        rows = {i["id"]: i for i in self.store.images(self.id, split="pool")}
+        rows = {i: r for i, r in self.store.images_by_id(self.id, image_ids).items()   # those only
+                if r["split"] == "pool" and r["status"] == "ok"}
+        bad = [int(i) for i in image_ids if int(i) not in rows]
+        if bad:
+            raise ProjectError(f"image id {bad[0]} is not a usable training-pool image of this "
+                               "project: only those have augmented views")
         images = [rows[int(i)] for i in image_ids]
         key = backbone or self.features_key   # views of a tuned backbone are its own, not the base's
         name = f"{key}@views"

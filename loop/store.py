@@ -489,15 +489,22 @@ class Store:
             raise StoreError(f"image id {image_id} is not an image of this project")
         return rows[0]
 
-    def images(self, project_id: int, split: str | None = None, status: str | None = "ok") -> list[dict]:
-        where, args = ["project_id = ?"], [project_id]
+    @staticmethod
+    def _image_filter(split: str | None, status: str | None) -> tuple[list[str], list]:
+        """The WHERE terms (and their arguments) that pick images by split and status."""
+        where, args = [], []
         if split:
             where.append("split = ?")
             args.append(split)
         if status:
             where.append("status = ?")
             args.append(status)
-        return self.query(f"SELECT * FROM images WHERE {' AND '.join(where)} ORDER BY id", args)
+        return where, args
+
+    def images(self, project_id: int, split: str | None = None, status: str | None = "ok") -> list[dict]:
+        where, args = self._image_filter(split, status)
+        return self.query(f"SELECT * FROM images WHERE {' AND '.join(['project_id = ?', *where])} "
+                          "ORDER BY id", [project_id, *args])
 
     def count_images(self, project_id: int, status: str = "ok") -> int:
         return self._one("SELECT count(*) FROM images WHERE project_id = ? AND status = ?",
@@ -509,7 +516,8 @@ class Store:
         ids = [int(i) for i in image_ids]
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
-            for row in self.query(f"SELECT * FROM images WHERE project_id = ? AND id IN "
+            # `+project_id`: by primary key, not the (project_id, hash) index (see image_hashes).
+            for row in self.query(f"SELECT * FROM images WHERE +project_id = ? AND id IN "
                                   f"({','.join('?' * len(chunk))})", [project_id, *chunk]):
                 out[row["id"]] = row
         return out
@@ -551,13 +559,8 @@ class Store:
         # `+project_id`: SQLite would otherwise read the rows through the (project_id, hash)
         # index and sort all of them for each chunk; this way it walks the primary key from
         # `last` and stops after `chunk` rows (PostgreSQL reads the unary plus as a no-op).
-        where, args = ["+project_id = ?", "id > ?"], [project_id, -1]
-        if split:
-            where.append("split = ?")
-            args.append(split)
-        if status:
-            where.append("status = ?")
-            args.append(status)
+        terms, values = self._image_filter(split, status)
+        where, args = ["+project_id = ?", "id > ?", *terms], [project_id, -1, *values]
         sql = f"SELECT {', '.join(names)} FROM images WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
         while rows := self.query(sql, [*args, chunk]):
             args[1], full = rows[-1]["id"], len(rows) == chunk
