@@ -26,7 +26,6 @@ from collections.abc import Callable
 
 import numpy as np
 
-from loop.embeddings import fill_cache
 from loop.project import Project, ProjectError
 from loop.store import StoreError, owner_name
 
@@ -34,7 +33,6 @@ START_BLOCK = 15          # Lite0's last MBConv block (7x7x192 in): the seeds' "
 ADOPT = ("if-better", "always", "never")
 SMALL_PROJECT = 5_000     # images: re-embedding them all on 2 CPU cores takes about a minute
 MAX_TUNE_LABELS = 4_000   # labels the top trains on (a random sample beyond: 37 KB of activations each)
-EMBED_CHUNK = 10_000      # images embedded per pass (their rows and paths held at once)
 PROGRESS_SECONDS = 2.0    # how often the job writes how far it got (the pages poll it)
 Z_ADOPT = 1.645           # one-sided 95%: the gain a tuned backbone must show beyond its noise
 STALE_SECONDS = 600       # a job silent this long (no progress written) is taken over
@@ -181,32 +179,25 @@ def _tune(project: Project, row: dict, head_epochs: int, epochs: int, on_progres
 
 
 def _embed(project: Project, row: dict, on_progress) -> None:
-    """Embed every image of the project with the tuned network, skipping those cached already."""
+    """Embed every image of the project with the tuned network: `Project.embed` into the tuned
+    key's cache (a chunk at a time, cached images skipped, undecodable ones marked skipped). The
+    job's row says how far it got, every few seconds, which is also its heartbeat."""
     store = project.store
-    network = project.network(row["key"])
-    cache = project.cache_for(row["key"])
     total = store.count_images(project.id)
     store.update_tuning(row["id"], row["owner"], total=total)
     started = time.perf_counter()
-    done, reported = 0, [time.monotonic()]
+    reported = [time.monotonic()]
 
-    def progress(d: int, _: int) -> None:
+    def progress(done: int, missing: int) -> None:
+        embedded = total - missing + done      # the images cached before count as embedded
         if on_progress:
-            on_progress("embedding", done + d, total)
+            on_progress("embedding", embedded, total)
         if time.monotonic() - reported[0] > PROGRESS_SECONDS:
-            store.update_tuning(row["id"], row["owner"], embedded=done + d)   # also a heartbeat
+            store.update_tuning(row["id"], row["owner"], embedded=embedded)
             reported[0] = time.monotonic()
 
-    for chunk in store.iter_images(project.id, chunk=EMBED_CHUNK, columns=["hash", "path"]):
-        items = [(i["hash"], project.root / i["path"]) for i in chunk]
-        failures = fill_cache(cache, items, network.embed, network.image_size, on_progress=progress,
-                              max_pixels=int(project.settings.max_megapixels * 1e6),
-                              max_bytes=int(project.settings.max_file_mb * 2**20))
-        for image in chunk:
-            if image["hash"] in failures:
-                store.skip_image(image["id"], failures[image["hash"]])
-        done += len(chunk)
-    store.update_tuning(row["id"], row["owner"], embedded=done,
+    project.embed(progress, backbone=row["key"])
+    store.update_tuning(row["id"], row["owner"], embedded=total,
                         embed_seconds=(row["embed_seconds"] or 0) + time.perf_counter() - started)
 
 

@@ -152,7 +152,7 @@ def test_a_killed_job_resumes_where_it_stopped_and_a_live_one_is_not_doubled(sma
     from loop import tuning
     from loop.store import StoreError
 
-    monkeypatch.setattr(tuning, "EMBED_CHUNK", 50)
+    monkeypatch.setattr("loop.project.PREPARE_CHUNK", 50)    # a shard per 50 images embedded
 
     def killed(stage, done, total):
         if stage == "embedding" and done >= 60:
