@@ -80,7 +80,8 @@ def build_efficientnet_lite(width: float, depth: float, image_size: int, num_cla
     Layer names carry no dots (the torch backend refuses them); `torch_name` maps them back."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
     # "same" padding is TensorFlow's (pad more at the bottom/right), which the reference also uses.
-    x = _relu6(keras.layers.Conv2D(STEM_CHANNELS, 3, strides=2, padding="same", name="_conv_stem")(inputs))
+    x = _relu6(keras.layers.Conv2D(STEM_CHANNELS, 3, strides=2, padding="same", name="_conv_stem")(inputs),
+               "_conv_stem_relu")
     features = _blocks_and_head(x, lite_blocks(width, depth))
     logits = keras.layers.Dense(num_classes, name="_fc")(features)
     return keras.Model(inputs, [features, logits], name=name)
@@ -105,8 +106,11 @@ def block_input(model: keras.Model, start_block: int):
     return model.get_layer(previous + ("residual" if previous + "residual" in names else "project_conv")).output
 
 
-def _relu6(x):
-    return keras.layers.ReLU(max_value=6.0)(x)
+def _relu6(x, name: str):
+    """ReLU6, named after the convolution it follows: every layer of the network has a fixed name,
+    never one of Keras' per-thread counters ("re_lu_7"), so a network built on one thread and a
+    top built on another (fine-tuning's worker) cannot disagree or collide on names."""
+    return keras.layers.ReLU(max_value=6.0, name=name)(x)
 
 
 def _blocks_and_head(x, blocks: list[Block]):
@@ -114,13 +118,14 @@ def _blocks_and_head(x, blocks: list[Block]):
         prefix = f"blocks_{block.index}_"
         shortcut = x
         if block.expansion != 1:
-            x = _relu6(keras.layers.Conv2D(block.expanded_channels, 1, name=prefix + "expand_conv")(x))
+            x = _relu6(keras.layers.Conv2D(block.expanded_channels, 1, name=prefix + "expand_conv")(x),
+                       prefix + "expand_relu")
         x = _relu6(keras.layers.DepthwiseConv2D(block.kernel, strides=block.stride, padding="same",
-                                                name=prefix + "depthwise_conv")(x))
+                                                name=prefix + "depthwise_conv")(x), prefix + "depthwise_relu")
         x = keras.layers.Conv2D(block.out_channels, 1, name=prefix + "project_conv")(x)
         if block.has_residual:
             x = keras.layers.Add(name=prefix + "residual")([x, shortcut])
-    x = _relu6(keras.layers.Conv2D(HEAD_CHANNELS, 1, name="_conv_head")(x))
+    x = _relu6(keras.layers.Conv2D(HEAD_CHANNELS, 1, name="_conv_head")(x), "_conv_head_relu")
     return keras.layers.GlobalAveragePooling2D(name="features")(x)
 
 

@@ -108,6 +108,30 @@ def test_weights_of_another_architecture_are_refused():
         load_state_dict(lite0, {**state, "_extra.weight": np.zeros(3, np.float32)})
 
 
+def test_every_layer_has_a_fixed_name_whichever_thread_builds_it():
+    """Keras counts auto-names ("re_lu_7") per thread: a network built on one thread and its top
+    built on a worker thread (fine-tuning) must still name each layer once, the same every time."""
+    import threading
+
+    from models.efficientnet_lite import build_top
+
+    built: dict[str, list[str]] = {}
+
+    def build(key):
+        model = build_efficientnet_lite(1.0, 1.0, 224) if key.startswith("whole") else build_top(1.0, 1.0, (7, 7, 192), 15)
+        built[key] = [layer.name for layer in model.layers]
+
+    build("whole")
+    workers = [threading.Thread(target=build, args=(key,)) for key in ("top", "whole again")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert built["whole again"] == built["whole"] and len(set(built["whole"])) == len(built["whole"])
+    assert not [n for n in built["whole"] if re.fullmatch(r"(re_lu|conv2d|add)(_\d+)?", n)]
+    assert "blocks_15_expand_relu" in built["top"] and set(built["top"]) - {"activations"} <= set(built["whole"])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["efficientnet-lite1", "efficientnet-lite2"])
 def test_bigger_lites_build_and_see_a_cat_and_an_espresso(name):
@@ -145,7 +169,7 @@ def test_command_line_prints_the_top_five_and_reports_bad_files(tmp_path):
     broken.write_bytes(b"\xff\xd8 not really a JPEG")
     missing = tmp_path / "missing.png"
     result = subprocess.run([sys.executable, "-m", "models", str(broken), str(cat), str(missing)],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
+                            check=False, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == str(cat) and len(lines) == 6
