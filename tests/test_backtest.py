@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import loop.backtest
 from loop.backtest import (
+    CONDITIONAL,
     HORIZONS,
     LABELS_SHIFTS,
     MODELS,
@@ -275,6 +276,20 @@ def test_learn_priors_from_truncated_fits(fits):
     assert list(backtest([(fits, priors)])) == KEYS
     with pytest.raises(ValueError, match="at least 50 truncated curves, got 49"):
         learn_priors(fits[:49])
+
+
+def test_learn_priors_conditional_and_fixed(fits):
+    """By default the priors weigh the curve features too (CONDITIONAL) and scale the interval
+    with the gain and the families' disagreement; conditional=() learns the fixed mix alone."""
+    priors = learn_priors(fits, source="synthetic")
+    assert priors.extra_features == CONDITIONAL
+    assert len(priors.extra_weights) == len(priors.ratios)
+    assert all(len(row) == len(CONDITIONAL) for row in priors.extra_weights)
+    assert len(priors.spread_gain) == len(priors.spread_disagreement) == len(priors.ratios)
+    assert min(priors.spread_gain) >= 0 and min(priors.spread_disagreement) >= 0
+    fixed = learn_priors(fits, source="synthetic", conditional=())
+    assert fixed.extra_features == fixed.extra_weights == fixed.spread_gain == ()
+    assert all(low < 0 < high for low, high in fixed.quantiles)
 
 
 def test_learn_labels_shift(fits):

@@ -21,6 +21,8 @@ from loop.forecast import (
     LabelsNeeded,
     LearningCurveForecaster,
     Priors,
+    conditional_calibration,
+    conditional_features,
     fit_family,
     interval_calibration,
     load_priors,
@@ -54,14 +56,17 @@ def clean():
 
 # -- forecasts on curves with a known truth ---------------------------------------------------------
 
+# The shipped conditional terms, learned on LCDB, lift a curve by what real curves went on to gain
+# beyond their fitted families (a constant and a chance term among them): a noiseless power law
+# is forecast up to 1.8 points high at 2x and 3.2 at 4x (the fixed mix before them: 0.4 and 1.1).
 @pytest.mark.parametrize("c, a, b, k", [(0.95, 0.6, 0.5, 10), (0.9, 1.5, 0.7, 10), (0.85, 0.5, 0.3, 5),
                                         (0.99, 0.8, 0.4, 2), (0.8, 2.0, 0.8, 20)])
 def test_noiseless_power_law_is_forecast_at_2x_and_4x(c, a, b, k):
     truth = power_law(c, a, b)
     f = forecaster(k, holdout_size=5000).fit(SIZES, truth(SIZES))
     mean, low, high = f.predict([512, 1024])
-    assert np.abs(mean - truth([512, 1024])).max() < 0.02
-    assert abs(mean[0] - truth(512)) < 0.01
+    assert np.abs(mean - truth([512, 1024])).max() < 0.035
+    assert abs(mean[0] - truth(512)) < 0.02
     assert np.all((low <= truth([512, 1024])) & (truth([512, 1024]) <= high))
 
 
@@ -361,6 +366,18 @@ def test_stacking_weights_recover_known_weights_despite_wild_targets():
     assert np.abs(least_squares - true).max() > np.abs(w - true).max()
 
 
+def test_stacking_weights_give_free_columns_any_sign():
+    """Conditional features (the last `free` columns) may pull the gain down; the family
+    columns stay non-negative."""
+    rng = np.random.default_rng(2)
+    gains = rng.uniform(0, 0.2, (300, 3))
+    slope = rng.uniform(0, 0.1, 300)
+    target = gains @ np.array([0.6, 0.0, 0.3]) - 0.4 * slope + 0.01
+    w = stacking_weights(np.column_stack([gains, slope, np.ones(300)]), target, free=2)
+    assert np.allclose(w, [0.6, 0.0, 0.3, -0.4, 0.01], atol=1e-6)
+    assert np.all(stacking_weights(np.column_stack([gains, slope]), target, free=0) >= 0)
+
+
 def test_stacking_weights_are_never_negative():
     rng = np.random.default_rng(1)
     gains = rng.uniform(0, 0.2, (200, 3))
@@ -402,6 +419,39 @@ def test_interval_calibration_needs_some_spread():
         interval_calibration(center, np.zeros(100), truth, chance, floors=[0.0])
 
 
+def test_conditional_calibration_scales_the_interval_with_the_gain():
+    """Errors that grow with the forecast gain (sd 0.3 x gain): the gain's scale term takes them
+    up, the floor stays small, the interval holds 80% of the truths and is narrower on average
+    than one fixed floor (interval_calibration) gives for the same coverage."""
+    rng = np.random.default_rng(3)
+    size = 20000
+    gain, sd = rng.uniform(0, 0.2, size), np.full(size, 0.002)
+    truth = 0.5 + rng.standard_normal(size) * 0.3 * gain
+    center, chance, none = np.full(size, 0.5), np.zeros(size), np.zeros(size)
+    floor, g, d, low, high = conditional_calibration(center, sd, truth, chance, gain, none)
+    # The scale terms are learned up to the quantiles' factor: their product is what counts.
+    assert g * high == pytest.approx(0.3 * Z80, rel=0.1) and floor < 0.1 * g
+    scale = np.sqrt(sd ** 2 + floor ** 2 + (g * gain) ** 2 + (d * none) ** 2)
+    lo, hi = center + low * scale, center + high * scale
+    assert np.mean((lo <= truth) & (truth <= hi)) == pytest.approx(0.8, abs=0.01)
+    fixed_floor, fixed_low, fixed_high = interval_calibration(center, sd, truth, chance)
+    fixed = np.hypot(sd, fixed_floor)
+    assert np.mean(hi - lo) < 0.97 * np.mean((fixed_high - fixed_low) * fixed)
+
+
+def test_conditional_features_carry_the_last_doubling_on_in_log_n():
+    level, half = np.array([[0.8], [0.6]]), np.array([[0.7], [0.6]])
+    x = conditional_features(("slope", "headroom", "chance", "one"), level, half,
+                             np.array([0.5, 1.0, 2.0, 8.0]), 0.25)
+    assert x.shape == (2, 4, 4)
+    assert np.allclose(x[0, :, 0], [0, 0, 0.1, 0.3]) and np.allclose(x[1, :, 0], 0)
+    assert np.allclose(x[:, :, 1], [[0.2] * 4, [0.4] * 4])
+    assert np.allclose(x[:, :, 2], 0.25) and np.allclose(x[:, :, 3], 1)
+    assert conditional_features((), level, half, np.array([2.0]), 0.25).shape == (2, 1, 0)
+    with pytest.raises(ValueError, match="unknown conditional feature"):
+        conditional_features(("curvature",), level, half, np.array([2.0]), 0.25)
+
+
 # -- priors -----------------------------------------------------------------------------------------
 
 def test_priors_round_trip_through_a_file(tmp_path):
@@ -411,6 +461,50 @@ def test_priors_round_trip_through_a_file(tmp_path):
     path = save_priors(priors, tmp_path / "priors.json")
     assert path == tmp_path / "priors.json"
     assert load_priors(path) == priors
+
+
+def test_conditional_priors_round_trip_and_old_files_still_load(tmp_path):
+    priors = dataclasses.replace(Priors(), extra_features=("slope", "one"),
+                                 extra_weights=((0.5, 0.01), (1.0, 0.02), (1.2, 0.03), (1.5, 0.04)),
+                                 spread_gain=(0.1, 0.2, 0.3, 0.4),
+                                 spread_disagreement=(0.5, 0.6, 0.7, 0.8))
+    assert load_priors(save_priors(priors, tmp_path / "c.json")) == priors
+    # A file written before the conditional terms: the fixed mix, as before.
+    old = {k: v for k, v in dataclasses.asdict(Priors()).items()
+           if k not in ("extra_features", "extra_weights", "spread_gain", "spread_disagreement")}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    loaded = load_priors(tmp_path / "old.json")
+    assert loaded == Priors() and loaded.extra_features == () and loaded.spread_gain == ()
+    extra, gain, disagreement = loaded.conditional_at(np.array([1.0, 4.0]))
+    assert extra.shape == (2, 0) and np.all(gain == 0) and np.all(disagreement == 0)
+
+
+def test_conditional_priors_interpolate_from_zero_at_the_data():
+    priors = dataclasses.replace(Priors(), ratios=(2.0, 4.0), weights=((0.1,) * 12,) * 2,
+                                 spread_floor=(0, 0), quantiles=((-Z80, Z80),) * 2,
+                                 extra_features=("slope", "one"), extra_weights=((1.0, 0.02), (2.0, 0.04)),
+                                 spread_gain=(0.2, 0.4), spread_disagreement=(0.6, 1.0))
+    extra, gain, disagreement = priors.conditional_at(np.array([0.5, 1.0, 2.0, 2 ** 1.5, 4.0, 64.0]))
+    assert np.allclose(extra[:, 0], [0, 0, 1, 1.5, 2, 2]) and np.allclose(extra[:, 1], [0, 0, 0.02, 0.03, 0.04, 0.04])
+    assert np.allclose(gain, [0, 0, 0.2, 0.3, 0.4, 0.4]) and np.allclose(disagreement, [0, 0, 0.6, 0.8, 1, 1])
+
+
+def test_a_slope_weight_lifts_the_forecast_of_a_climbing_curve_only_beyond_the_data():
+    truth = power_law(0.95, 0.9, 0.5)
+    f = forecaster().fit(SIZES, truth(SIZES))
+    fixed = dataclasses.replace(f.priors, extra_features=(), extra_weights=(), spread_gain=(),
+                                spread_disagreement=())
+    base = f.recalibrated(fixed)
+    lifted = f.recalibrated(dataclasses.replace(fixed, extra_features=("slope",),
+                                                extra_weights=((0.5,),) * len(fixed.ratios)))
+    inside = np.array([16, 64, 256])
+    assert np.allclose(lifted.predict(inside)[0], base.predict(inside)[0])
+    beyond = np.array([512, 1024, 4096])
+    assert np.all(lifted.predict(beyond)[0] > base.predict(beyond)[0] + 0.002)
+    # A gain term in the scale widens the band beyond the data, not inside it.
+    wide = f.recalibrated(dataclasses.replace(fixed, spread_gain=(2.0,) * len(fixed.ratios)))
+    assert np.allclose(width(wide, 128), width(base, 128))
+    assert width(wide, 2048) > width(base, 2048)
 
 
 def test_a_missing_priors_file_means_uniform_priors(tmp_path):
