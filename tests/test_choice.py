@@ -23,8 +23,10 @@ def test_the_batch_goes_to_the_arm_measured_best_and_to_random_when_all_are_wors
     worse = {"margin": Gain(-0.03, 0.005, 40), "hybrid": Gain(-0.02, 0.005, 40),
              "typiclust": Gain(-0.01, 0.005, 40), "random": Gain(0, 0, 40)}
     assert allocation(worse, 9, rng)["random"] == 8
-    # unmeasured arms tie at 0: the preference decides; a gain measured on noise counts for little
-    assert allocation({}, 9, rng)["hybrid"] == 8
+    # unmeasured arms tie at 0: the preference decides (TypiClust, the low-budget strategy, while
+    # nothing is measured); a gain measured on noise counts for little
+    assert allocation({}, 9, rng)["typiclust"] == 8
+    assert allocation({}, 9, rng, arms=("margin", "hybrid", "random"))["hybrid"] == 8
     noisy = {"margin": Gain(0.05, 0.5, 6), "hybrid": Gain(0.004, 0.002, 60)}
     assert allocation(noisy, 9, rng)["hybrid"] == 8
     assert allocation(worse, 1, rng) == {"random": 1}
