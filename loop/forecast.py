@@ -345,16 +345,11 @@ def interval_calibration(center: np.ndarray, spread: np.ndarray, truth: np.ndarr
     best = None
     for floor in np.linspace(0, 0.1, 41) if floors is None else floors:
         scale = np.sqrt(spread ** 2 + floor ** 2)
-        ok = scale > 0
-        if not ok.any():
+        if not (scale > 0).any():
             continue
-        z = (truth[ok] - center[ok]) / scale[ok]
-        low, high = np.quantile(z, [tail, 1 - tail])
-        lo = np.clip(center + low * scale, chance, 1)
-        hi = np.clip(center + high * scale, chance, 1)
-        score = np.mean(hi - lo + (np.maximum(lo - truth, 0) + np.maximum(truth - hi, 0)) / tail)
+        score, low, high = _interval_score(center, scale, truth, chance, tail)
         if best is None or score < best[0] - 1e-12:
-            best = (score, float(floor), float(low), float(high))
+            best = (score, float(floor), low, high)
     if best is None:
         raise ValueError("interval calibration needs examples with a non-zero spread")
     return best[1:]
