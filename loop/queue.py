@@ -115,7 +115,8 @@ def chosen_by_arms(project: Project, rest: np.ndarray, n: int, has_model: bool,
     (indices into the pool) the others left; (pool index, "strategy:<arm>"), the arms
     interleaved in proportion so that any first part of the queue keeps the shares."""
     arms = choice.ARMS if has_model else ("typiclust", "random")   # no model: nothing to be unsure of
-    shares = choice.allocation(choice.project_gains(project, rng), n, rng, arms=arms)
+    current = choice.incumbent(len(available["labeled"]), available["n_classes"], arms)
+    shares = choice.allocation(choice.project_gains(project, rng), n, rng, arms=arms, current=current)
     taken: set[int] = set()
     lists = []
     for arm, count in sorted(shares.items(), key=lambda kv: -kv[1]):

@@ -84,3 +84,25 @@ def test_the_queue_tags_each_pick_with_its_arm(demo_project, strategy, monkeypat
     else:
         assert origins - {"control"} == {"strategy"}
     assert len({q.image_id for q in queries}) == len(queries)
+
+
+def test_the_current_arm_keeps_the_batch_until_another_leads_beyond_its_noise():
+    """The batch stays with the current arm (TypiClust below 3 labels per class, hybrid after)
+    while the others' gains are within noise of it; a clear lead takes it, and random takes it
+    once the current arm measures worse than random beyond its noise."""
+    from loop.choice import incumbent, lead
+
+    rng = np.random.default_rng(3)
+    assert incumbent(29, 10) == "typiclust" and incumbent(30, 10) == "hybrid"
+    assert incumbent(30, 10, ("typiclust", "random")) == "typiclust"
+    close = {"hybrid": Gain(0.01, 0.01, 30), "margin": Gain(0.025, 0.01, 30), "random": Gain(0, 0, 30)}
+    assert lead(close, "margin", "hybrid") < 1.645
+    assert allocation(close, 10, rng, current="hybrid")["hybrid"] == 9       # a lead within noise
+    clear = {**close, "margin": Gain(0.06, 0.01, 30)}
+    assert allocation(clear, 10, rng, current="hybrid")["margin"] == 9
+    slipping = {"hybrid": Gain(-0.01, 0.008, 30)}
+    assert allocation(slipping, 10, rng, current="hybrid")["hybrid"] == 9    # worse, within noise
+    falling = {"hybrid": Gain(-0.03, 0.008, 30)}
+    assert allocation(falling, 10, rng, current="hybrid")["random"] == 9
+    assert lead({}, "margin", "hybrid") == -np.inf          # unmeasured: leads nothing
+    assert allocation({}, 10, rng, current="hybrid")["hybrid"] == 9
