@@ -526,16 +526,22 @@ def cmd_study(args) -> int:
 def cmd_backtest_forecast(args) -> int:
     from loop import backtest
 
+    if args.calibrate_on and args.source == "lcdb":
+        raise ValueError("--calibrate-on learns the intervals of the product's curve kinds: use it "
+                         "with --source DIR (a folder of replays)")
     if args.learn:
-        if args.source != "lcdb":
-            raise ValueError("--learn learns the shipped priors from LCDB: use it with --source lcdb")
         if args.n0:
-            raise ValueError("--learn learns the shipped priors at N0 = 64, 128 and 256: leave out --n0")
-        backtest.learn_shipped_priors(max_curves=args.max_curves, n_boot=args.n_boot)
+            raise ValueError("--learn learns at N0 = 64, 128 and 256: leave out --n0")
+        if args.calibrate_on:
+            raise ValueError("--learn learns on --source itself: leave out --calibrate-on")
+        if args.source == "lcdb":
+            backtest.learn_shipped_priors(max_curves=args.max_curves, n_boot=args.n_boot)
+        else:
+            backtest.learn_kind_priors(args.source, n_boot=args.n_boot)
         return 0
     backtest.run(args.source, as_json=args.json, max_curves=args.max_curves, n_boot=args.n_boot,
                  holdout_size=args.holdout_size, n_classes=args.classes,
-                 n0s=args.n0 or backtest.N0S)
+                 n0s=args.n0 or backtest.N0S, calibrate_on=args.calibrate_on)
     return 0
 
 
@@ -960,7 +966,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hold-out images of curve.csv files that have no replay database beside them")
     p.add_argument("--classes", type=int, help="class count of such curve.csv files")
     p.add_argument("--learn", action="store_true",
-                   help="learn the shipped priors on every LCDB curve (loop/forecast_priors.json)")
+                   help="learn the shipped priors (loop/forecast_priors.json): with --source lcdb, "
+                   "on every LCDB curve; with --source DIR, the interval of each curve kind (random "
+                   "picks, a strategy's) on the replays under DIR")
+    p.add_argument("--calibrate-on", metavar="DIR",
+                   help="with --source DIR: learn each curve kind's interval on the replays under "
+                   "this other folder (leaving out the scored curve's own source of images) instead "
+                   "of using the shipped ones")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     p.set_defaults(run=cmd_backtest_forecast)
     add_path_commands(sub)

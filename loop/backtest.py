@@ -35,6 +35,8 @@ from loop.forecast import (
     LearningCurveForecaster,
     Priors,
     _first_crossing,
+    curve_kind,
+    load_priors,
     conditional_calibration,
     conditional_features,
     interval_calibration,
@@ -59,6 +61,7 @@ class Curve:
     holdout_size: int
     n_classes: int
     correct: np.ndarray | None = None   # per-image results (points x images), where stored
+    kind: str | None = None             # a product curve's kind (loop.forecast.curve_kind)
 
 
 # -- sources ----------------------------------------------------------------------------------
@@ -121,7 +124,8 @@ def replay_curves(folder: str | Path, holdout_size: int | None = None,
         labels = np.array([float(r["labels"]) for r in rows])
         accuracy = np.array([float(r["accuracy"]) for r in rows])
         database = path.parent / "replay" / "juicer.db"
-        correct, holdout, k = None, holdout_size, n_classes
+        correct, holdout, k, kind = None, holdout_size, n_classes, None
+        dataset = str(path.parent)
         if database.exists():
             store = Store(database)
             project = store.projects()[0]
@@ -130,11 +134,13 @@ def replay_curves(folder: str | Path, holdout_size: int | None = None,
                 holdout = int(evaluations[-1]["n_holdout"])
                 k = len(store.classes(project["id"]))
                 correct = holdout_correctness(store, project["id"], evaluations)
+            dataset = Path(project["root"]).name          # the imported folder: demo-200, ...
+            kind = curve_kind(json.loads(project["settings"]).get("strategy"))
         if holdout is None or k is None:
             raise ValueError(f"'{path}' has no replay database beside it; give --holdout-size "
                              "and --classes")
-        curves.append(Curve(str(path.parent.relative_to(folder)), str(path.parent), labels,
-                            accuracy, int(holdout), int(k), correct))
+        curves.append(Curve(str(path.parent.relative_to(folder)), dataset, labels,
+                            accuracy, int(holdout), int(k), correct, kind))
     return curves, f"{len(curves)} replay curve(s) under {folder}"
 
 
@@ -467,6 +473,82 @@ def learn_labels_shift(fits: Iterable[Truncated], priors: Priors, horizons=HORIZ
     return best[0], float(best[1])
 
 
+# -- the interval per curve kind, learned on the product's own replays ----------------------------
+
+KIND_MIN_EXAMPLES = 20    # scored horizon points a curve kind needs before its interval is learned
+KIND_SCALE_BOUNDS = (0.2, 5.0)
+
+
+def source_of(dataset: str) -> str:
+    """The images a replayed dataset is drawn from (its folder name's first word), the unit kept
+    apart when intervals are learned on replays: sets cut from the same images count as one.
+
+    >>> source_of("fashion-mnist-200"), source_of("fashion-tops-200"), source_of("mnist5k-200")
+    ('fashion', 'fashion', 'mnist5k')
+    """
+    return Path(dataset).name.split("-")[0]
+
+
+def interval_needs(t: Truncated, priors: Priors, horizons=HORIZONS) -> list[tuple[float, float]]:
+    """(horizon ratio, factor) for each scored horizon point of `t`: how many times its 80%
+    interval under `priors` the measured accuracy there lies from the forecast, on its side
+    (at most 1: inside the interval)."""
+    f = t.forecaster.recalibrated(priors)
+    out = []
+    for _, i, _, _ in horizon_points(t, horizons):
+        n, truth = t.curve.labels[i], t.curve.accuracy[i]
+        mean, low, high = f.predict(n)
+        half = high - mean if truth >= mean else mean - low
+        out.append((n / f.n_max_, abs(truth - mean) / half if half > 0 else np.inf))
+    return out
+
+
+def learn_kind_scales(needs: Iterable[tuple[str, float, float]], ratios: Sequence[float],
+                      coverage: float = 0.8, min_examples: int = KIND_MIN_EXAMPLES
+                      ) -> tuple[tuple[str, tuple[float, ...]], ...]:
+    """((kind, scale per ratio), ...) from `needs` (kind, horizon ratio, factor of
+    `interval_needs`): at each ratio, the split-conformal quantile of the factors (the
+    ceil((n + 1) x coverage)-th smallest), so the scaled interval holds `coverage` of such truths;
+    a ratio with fewer than 5 examples takes its nearest ratio's scale. A kind with fewer than
+    `min_examples` points gets none (LCDB's interval stays).
+
+    >>> needs = [("random", 2.0, v) for v in np.linspace(0.05, 1.0, 40)]
+    >>> learn_kind_scales(needs, (2.0, 4.0))
+    (('random', (0.8295, 0.8295)),)
+    """
+    knots = np.log2(np.asarray(ratios, dtype=float))
+    table = []
+    for kind in sorted({k for k, _, _ in needs if k}):
+        rows = [(r, v) for k, r, v in needs if k == kind]
+        if len(rows) < min_examples:
+            continue
+        at = np.array([int(np.argmin(np.abs(knots - np.log2(r)))) for r, _ in rows])
+        values = np.array([v for _, v in rows])
+        scales: list[float | None] = []
+        for j in range(len(knots)):
+            v = np.sort(values[at == j])
+            q = min(len(v), int(np.ceil((len(v) + 1) * coverage))) - 1
+            scales.append(float(np.clip(v[q], *KIND_SCALE_BOUNDS)) if len(v) >= 5 else None)
+        filled = [j for j, v in enumerate(scales) if v is not None]
+        if not filled:
+            continue
+        table.append((kind, tuple(round(scales[min(filled, key=lambda f: abs(f - j))], 4)
+                                  for j in range(len(knots)))))
+    return tuple(table)
+
+
+def replay_interval_needs(curves: list[Curve], priors: Priors, n0s=N0S, n_boot: int = 100,
+                          track: Progress | None = None) -> list[tuple[str, str, float, float]]:
+    """(source, kind, horizon ratio, factor) of every scored horizon point of the curves, each
+    fitted up to each N0 with the fit settings of `priors`."""
+    out = []
+    for curve in (track.over(curves, "fitting the curves intervals are learned on", len(curves))
+                  if track else curves):
+        for t in curve_fits(curve, n0s, priors=priors, n_boot=n_boot):
+            out += [(source_of(curve.dataset), curve.kind, r, v) for r, v in interval_needs(t, priors)]
+    return out
+
+
 def horizon_points(t: Truncated, horizons=HORIZONS):
     """For each horizon the curve has a later point at: (horizon, index of that point, target,
     labels at which the smoothed curve first reached the target, or None where it is not scored).
@@ -497,30 +579,40 @@ def smoothed(curve: Curve) -> np.ndarray:
     return isotonic(curve.accuracy, curve.holdout_size / (p * (1 - p)))
 
 
-def backtest(scored: Iterable[tuple[Iterable[Truncated], Priors]], horizons=HORIZONS) -> dict:
+UNSCALED = "forecaster_lcdb"   # beside a kind's interval: the same forecast, LCDB's interval
+
+
+def backtest(scored: Iterable[tuple[Iterable[Truncated], Priors | Callable[[Curve], Priors]]],
+             horizons=HORIZONS) -> dict:
     """Per (N0, horizon) and model: errors, interval hits and widths at the measured accuracy, and
     labels-needed outcomes against the smoothed curve. Each group of fits is recalibrated with the
-    priors beside it (learned elsewhere)."""
+    priors beside it (learned elsewhere), or with those a function gives for each curve (its
+    kind's interval, `Priors.for_kind`: then the row UNSCALED scores the same forecasts with the
+    interval of the priors they were fitted with)."""
     records: dict = {}
     for fits, priors in scored:
         for t in fits:
             _score(t, priors, horizons, records)
-    return {f"n0_{n0}_h{h}": {name: summarize(records[(n0, h)][name]) for name in MODELS}
+    return {f"n0_{n0}_h{h}": {name: summarize(records[(n0, h)][name])
+                              for name in (*MODELS, UNSCALED) if name in records[(n0, h)]}
             for n0, h in sorted(records)}
 
 
-def _score(t: Truncated, priors: Priors, horizons, records: dict) -> None:
+def _score(t: Truncated, priors: Priors | Callable[[Curve], Priors], horizons, records: dict) -> None:
     curve = t.curve
-    f = t.forecaster.recalibrated(priors)
+    f = t.forecaster.recalibrated(priors(curve) if callable(priors) else priors)
     models = {"forecaster": (f.predict, f.labels_needed),
               "flat": flat_baseline(t.labels, t.accuracy, curve.holdout_size),
               "power_unbounded": power_baseline(t.labels, t.accuracy)}
+    if callable(priors):
+        unscaled = t.forecaster.recalibrated(t.forecaster.priors)
+        models[UNSCALED] = (unscaled.predict, unscaled.labels_needed)
     for h, i, target, reached in horizon_points(t, horizons):
         truth = curve.accuracy[i]
         for name, (predict, needed) in models.items():
             mean, low, high = (float(np.ravel(v)[0]) for v in predict([curve.labels[i]]))
             r = records.setdefault((t.n0, h), {m: {"error": [], "hit": [], "width": [], "ratio": [],
-                                                   "holdout": []} for m in MODELS})[name]
+                                                   "holdout": []} for m in models})[name]
             r["error"].append(mean - truth)
             r["hit"].append(low <= truth <= high)
             r["width"].append(high - low)
@@ -766,10 +858,13 @@ def _starting_points(n0s) -> tuple[int, ...]:
 
 def run(source: str, as_json: bool = False, max_curves: int | None = 1600, n_boot: int = 100,
         holdout_size: int | None = None, n_classes: int | None = None, n0s=N0S, log=print,
-        progress: Callable[[str], None] | None = None) -> dict:
+        progress: Callable[[str], None] | None = None, calibrate_on: str | None = None) -> dict:
     """The `backtest-forecast` command. LCDB: the datasets fall in two halves; priors learned on
     one half score the other, and the other way round (every curve scored by priors that never saw
-    its dataset). A folder of replays: scored with the shipped priors (learned on LCDB). `n0s`:
+    its dataset). A folder of replays: scored with the shipped priors (learned on LCDB), each
+    curve with its kind's interval (`Priors.for_kind`; the row forecaster_lcdb: LCDB's); with
+    `calibrate_on` (another folder of replays), the kinds' intervals are learned on those
+    replays instead, leaving out for each scored curve those of its own source of images. `n0s`:
     the starting points (labeled counts) each curve is fitted up to, for the priors learned and
     the scores. The fits wait on disk between passes (SpilledFits); `progress` gets a line now and
     then (default: stderr). A ValueError says why when no curve can be scored from any N0."""
@@ -806,11 +901,32 @@ def run(source: str, as_json: bool = False, max_curves: int | None = 1600, n_boo
             kept, note = replay_curves(source, holdout_size, n_classes)
             lines.append(f"{note}; shipped priors, learned on {DEFAULT_PRIORS.learned_on}")
             lines += _scorable_or_raise(kept, n0s)
-            track = Progress((FIT_COST + SCORE_COST) * len(kept), progress)
+            train = replay_curves(calibrate_on)[0] if calibrate_on else []
+            track = Progress((FIT_COST + SCORE_COST) * len(kept) + FIT_COST * len(train), progress)
+            if calibrate_on:
+                needs = replay_interval_needs(train, DEFAULT_PRIORS, N0S, n_boot, track)
+                by_source: dict[str, Priors] = {}
+
+                def priors_for(curve: Curve) -> Priors:
+                    own = source_of(curve.dataset)
+                    if own not in by_source:
+                        scales = learn_kind_scales([(k, r, v) for src, k, r, v in needs if src != own],
+                                                   DEFAULT_PRIORS.ratios)
+                        by_source[own] = dataclasses.replace(DEFAULT_PRIORS, kind_scales=scales)
+                    return by_source[own].for_kind(curve.kind)
+                lines.append(f"intervals per curve kind learned on {len(train)} replay curve(s) under "
+                             f"{calibrate_on} ({', '.join(sorted({c.dataset for c in train}))}), "
+                             "leaving out for each scored curve those of its own source of images")
+            else:
+                def priors_for(curve: Curve) -> Priors:
+                    return DEFAULT_PRIORS.for_kind(curve.kind)
+                lines.append(f"intervals per curve kind learned on {DEFAULT_PRIORS.kinds_learned_on}"
+                             if DEFAULT_PRIORS.kind_scales else
+                             "no interval per curve kind in the shipped priors: LCDB's for all")
             fits = stack.enter_context(SpilledFits())
             for curve in track.over(kept, "fitting", len(kept)):
                 fits.add(curve_fits(curve, n0s, priors=DEFAULT_PRIORS, n_boot=n_boot))
-            scored = [(track.passes(fits, "scoring", [("", SCORE_COST)]), DEFAULT_PRIORS)]
+            scored = [(track.passes(fits, "scoring", [("", SCORE_COST)]), priors_for)]
         results = backtest(scored)
     lines.append(f"truth: the measured accuracy at the horizon; flat: the last accuracy, interval "
                  f"+-{Z80:.2f} binomial sd; power_unbounded: a*n^b least squares, interval from its "
@@ -846,6 +962,35 @@ def learn_shipped_priors(path: str | Path = PRIORS_FILE, max_curves: int | None 
         for curve in track.over(kept, "fitting", len(kept)):
             fits.add(curve_fits(curve, n_boot=n_boot))
         priors = learn_priors(track.passes(fits, "learning priors", PRIOR_PASSES))
+    before = load_priors(path)
+    if before.kind_scales:    # learned against the interval just replaced: kept, to be relearned
+        priors = dataclasses.replace(priors, kind_scales=before.kind_scales,
+                                     kinds_learned_on=before.kinds_learned_on)
+        log("kept the intervals per curve kind, learned against the previous priors: relearn them "
+            "with python -m loop backtest-forecast --source DIR --learn")
     save_priors(priors, path)
     log(f"{note}; priors learned on {priors.learned_on}, written to {path}")
+    return priors
+
+
+def learn_kind_priors(folder: str | Path, path: str | Path = PRIORS_FILE, n_boot: int = 100,
+                      log=print) -> Priors:
+    """Learn the interval of each curve kind (`learn_kind_scales`) on the replays under `folder`
+    against the priors in `path`, and save them there (the forecast itself is unchanged)."""
+    priors = load_priors(path)
+    curves, note = replay_curves(folder)
+    with one_blas_thread():
+        needs = replay_interval_needs(curves, priors, N0S, n_boot, Progress(FIT_COST * len(curves)))
+    scales = learn_kind_scales([(k, r, v) for _, k, r, v in needs], priors.ratios)
+    if not scales:
+        raise ValueError(f"{note}: too few scored points to learn an interval for any curve kind "
+                         f"(each needs {KIND_MIN_EXAMPLES}); replay with a larger --budget")
+    kinds = {k: sum(c.kind == k for c in curves) for k, _ in scales}
+    learned_on = (f"{len(curves)} replay curves of {len({c.dataset for c in curves})} datasets ("
+                  + ", ".join(f"{n} {k}" for k, n in kinds.items()) + f"; {len(needs)} scored points)")
+    priors = dataclasses.replace(priors, kind_scales=scales, kinds_learned_on=learned_on)
+    save_priors(priors, path)
+    log(f"{note}: intervals per curve kind " + "; ".join(
+        f"{k} x{', x'.join(f'{v:.2f}' for v in vals)} at {', '.join(f'{r:g}x' for r in priors.ratios)}"
+        for k, vals in scales) + f", written to {path}")
     return priors

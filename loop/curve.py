@@ -134,8 +134,10 @@ def forecast_curve(project: Project, n_boot: int = 100, metric: str = "accuracy"
                    evaluations: list[dict] | None = None):
     """The learning-curve forecaster (loop.forecast) fitted to `metric` ("accuracy" or
     "balanced_accuracy") against human labels, on the retrains with no auto-accepted label in
-    force, per-image results resampled jointly across retrains; None before 3 distinct counts."""
-    from loop.forecast import LearningCurveForecaster
+    force, per-image results resampled jointly across retrains; None before 3 distinct counts.
+    Its interval is the one learned for this project's kind of curve (random picks or a
+    strategy's, `Priors.for_kind`) on replays of the product's loop, where the priors hold one."""
+    from loop.forecast import DEFAULT_PRIORS, LearningCurveForecaster, curve_kind
 
     if metric not in METRICS:
         raise ValueError(f"metric '{metric}' is not one of {', '.join(METRICS)}")
@@ -148,7 +150,8 @@ def forecast_curve(project: Project, n_boot: int = 100, metric: str = "accuracy"
     credit = holdout_credit(project.store, project.id, fitted, metric)
     # For balanced accuracy the binomial hold-out variance of n_holdout images is an approximation
     # (the true one weighs rare classes more); the joint resampling above carries the real spread.
-    return LearningCurveForecaster(len(project.class_names), holdout, n_boot=n_boot).fit(
+    priors = DEFAULT_PRIORS.for_kind(curve_kind(project.settings.strategy))
+    return LearningCurveForecaster(len(project.class_names), holdout, n_boot=n_boot, priors=priors).fit(
         [human_labels(e) for e in fitted], [e[metric] for e in fitted], credit)
 
 

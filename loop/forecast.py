@@ -202,6 +202,27 @@ class Priors:
     extra_weights: tuple[tuple[float, ...], ...] = ()
     spread_gain: tuple[float, ...] = ()
     spread_disagreement: tuple[float, ...] = ()
+    # Per curve kind (CURVE_KINDS: the product's own curves, from random picks or from a
+    # strategy's), how much wider (> 1) or narrower the 80% interval is made at each of `ratios`
+    # so that it holds 80% of the truths on replays of the product's loop (learned on them by
+    # `python -m loop backtest-forecast --source DIR --learn`); the forecast itself is unchanged.
+    kind_scales: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    kinds_learned_on: str = ""
+
+    def for_kind(self, kind: str | None) -> Priors:
+        """These priors with the interval of curve kind `kind` ("random" or "strategy", see
+        `curve_kind`): the quantiles times the kind's scale per horizon; themselves where no
+        scale was learned for it (LCDB's calibration).
+
+        >>> p = Priors(kind_scales=(("random", (0.5, 0.5, 0.5, 0.5)),))
+        >>> p.for_kind("random").quantiles[0] == (-Z80 / 2, Z80 / 2), p.for_kind("strategy") is p
+        (True, True)
+        """
+        scales = dict(self.kind_scales).get(kind)
+        if scales is None:
+            return self
+        quantiles = tuple((low * k, high * k) for (low, high), k in zip(self.quantiles, scales))
+        return dataclasses.replace(self, quantiles=quantiles, kind_scales=())
 
     def at(self, ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(family weights (len, F), spread floor, low quantile, high quantile) at horizon ratios."""
@@ -229,6 +250,19 @@ class Priors:
         gain, disagreement = (np.interp(x, knots, np.r_[0.0, np.asarray(v) if len(v) else zeros])
                               for v in (self.spread_gain, self.spread_disagreement))
         return extra, gain, disagreement
+
+
+CURVE_KINDS = ("random", "strategy")
+
+
+def curve_kind(strategy: str | None) -> str:
+    """The kind of a product curve from the strategy that picked its labels: "random" for random
+    picks, "strategy" for any other (their curves climb faster early and flatten sooner).
+
+    >>> curve_kind("random"), curve_kind("auto"), curve_kind("margin")
+    ('random', 'strategy', 'strategy')
+    """
+    return "random" if strategy == "random" else "strategy"
 
 
 # name -> value at horizon ratio r from the family mean at the largest labeled count (`level`)
@@ -376,7 +410,10 @@ def load_priors(path: str | Path = PRIORS_FILE) -> Priors:
                       extra_features=tuple(map(str, data.get("extra_features", ()))),
                       extra_weights=nested(data.get("extra_weights", ())),
                       spread_gain=tuple(map(float, data.get("spread_gain", ()))),
-                      spread_disagreement=tuple(map(float, data.get("spread_disagreement", ()))))
+                      spread_disagreement=tuple(map(float, data.get("spread_disagreement", ()))),
+                      kind_scales=tuple((str(kind), tuple(map(float, scales)))
+                                        for kind, scales in data.get("kind_scales", ())),
+                      kinds_learned_on=str(data.get("kinds_learned_on", "")))
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"'{path}' is not a priors file written by save_priors: {error}") from error
 

@@ -33,6 +33,8 @@ from loop.backtest import (
     power_baseline,
     print_report,
     replay_curves,
+    UNSCALED,
+    learn_kind_priors,
     run,
     smoothed,
     split_datasets,
@@ -391,7 +393,8 @@ def test_backtest_command_on_a_folder_of_replays(tmp_path):
     printed = json.loads(lines[-1])
     assert printed == results and list(printed) == KEYS
     for models in printed.values():
-        assert list(models) == list(MODELS)
+        assert list(models) == [*MODELS, UNSCALED]     # a curve of no known kind: LCDB's interval
+        assert models["forecaster"] == models[UNSCALED]
         for s in models.values():
             assert s["n"] == 3 and {"mae", "bias", "coverage80", "width80"} <= set(s)
     table = []
@@ -534,7 +537,72 @@ def test_command_line_bad_inputs_say_what_is_wrong(tmp_path, capsys, monkeypatch
     assert main(["backtest-forecast", "--source", str(tmp_path)]) == 2
     assert "no curve.csv under" in capsys.readouterr().err
     assert main(["backtest-forecast", "--source", str(tmp_path), "--learn"]) == 2
-    assert "use it with --source lcdb" in capsys.readouterr().err
+    assert "no curve.csv under" in capsys.readouterr().err
+    assert main(["backtest-forecast", "--source", "lcdb", "--calibrate-on", str(tmp_path)]) == 2
+    assert "use it with --source DIR" in capsys.readouterr().err
     monkeypatch.setattr("loop.backtest.importlib.util.find_spec", lambda name: None)
     assert main(["backtest-forecast", "--source", "lcdb"]) == 2
     assert "needs the PyPI package 'lcdb'" in capsys.readouterr().err
+
+
+# -- the interval per curve kind, learned on replays ---------------------------------------------
+
+def replay_with_database(folder, dataset, strategy, accuracy, rng, holdout=300):
+    """A replay folder as `python -m loop replay` leaves it: curve.csv and the database with the
+    project's settings (its strategy), its imported folder and per-image hold-out results."""
+    from loop.store import Store
+
+    store = Store(folder / "replay" / "juicer.db")
+    project = store.create_project("replay", f"/sets/{dataset}-200",
+                                   json.dumps({"strategy": strategy}), ["a", "b", "c"])
+    class_ids = [c["id"] for c in store.classes(project)]
+    store.add_images(project, [{"path": f"{i}.png", "hash": str(i), "split": "holdout"}
+                               for i in range(holdout)])
+    images = [row["id"] for row in store.images(project)]
+    truth = rng.integers(0, 3, holdout)
+    right = rng.uniform(size=holdout)[None] < accuracy[:, None]     # nested: a later model is right
+    for n, row in zip(REPLAY_LABELS, right):                        # wherever an earlier one was
+        version = store.add_model_version(project, n_labels=int(n))
+        predicted = np.where(row, truth, (truth + 1) % 3)
+        store.add_evaluation(project, version["id"], {"n_labels": int(n), "n_holdout": holdout,
+                                                       "accuracy": float(row.mean())},
+                             images, [class_ids[t] for t in truth], np.eye(3)[predicted])
+    write_curve(folder, REPLAY_LABELS, right.mean(1))
+
+
+def test_replays_know_their_dataset_and_kind_and_each_kind_learns_its_interval(tmp_path):
+    """Replays read their dataset (the imported folder) and curve kind (random or a strategy's)
+    from their database. Curves this regular are over-covered by LCDB's interval: learned on
+    replays of other sources, the kind's interval is narrower, the forecast the same; learned into
+    a priors file, it is what that file's forecaster uses for the kind, and nothing else moves."""
+    from loop.forecast import load_priors, save_priors
+
+    rng = np.random.default_rng(5)
+    for source in ("alpha", "beta", "gamma"):
+        for seed in range(3):
+            for strategy in ("random", "margin"):
+                ceiling, scale = rng.uniform(0.85, 0.95), rng.uniform(0.8, 1.2)
+                replay_with_database(tmp_path / f"{source}_{strategy}_{seed}", source, strategy,
+                                     ceiling - scale * REPLAY_LABELS ** -0.5, rng)
+    curves, _ = replay_curves(tmp_path)
+    assert {(c.dataset, c.kind) for c in curves} == {(f"{s}-200", k) for s in ("alpha", "beta", "gamma")
+                                                    for k in ("random", "strategy")}
+    lines = []
+    results = run(str(tmp_path), n_boot=20, n0s=(128,), log=lines.append, calibrate_on=str(tmp_path))
+    assert any("leaving out for each scored curve those of its own source" in line for line in lines)
+    for models in results.values():
+        mine, lcdb = models["forecaster"], models[UNSCALED]
+        assert mine["mae"] == lcdb["mae"] and mine["bias"] == lcdb["bias"]
+        assert mine["width80"] < lcdb["width80"] and lcdb["coverage80"] == 1.0
+        assert 0.5 <= mine["coverage80"]
+
+    path = save_priors(load_priors(), tmp_path / "priors.json")
+    learned = learn_kind_priors(tmp_path, path, n_boot=20, log=lines.append)
+    again = load_priors(path)
+    assert again == learned and dict(again.kind_scales).keys() == {"random", "strategy"}
+    assert all(0.2 <= v < 1 for _, scales in again.kind_scales for v in scales)
+    assert "18 replay curves of 3 datasets (9 random, 9 strategy" in again.kinds_learned_on
+    assert again.for_kind("strategy").weights == again.weights
+    assert again.for_kind(None) is again
+    low, high = again.for_kind("random").quantiles[1]
+    assert high == pytest.approx(again.quantiles[1][1] * dict(again.kind_scales)["random"][1])

@@ -247,3 +247,27 @@ def test_without_three_retrains_before_auto_accept_the_page_says_why_there_is_no
     assert "Auto-accepted labels have been in force since v3 (at 40 labels from people)" in answer.sentence
     fig = curve_figure(data.evaluations, None, 0.9, data.pool_size)
     assert len(fig.axes[0].lines) >= 2
+
+
+@pytest.mark.parametrize("strategy, kind", [("random", "random"), ("auto", "strategy"), ("margin", "strategy")])
+def test_the_forecast_takes_the_interval_learned_for_the_projects_kind_of_curve(tmp_path, monkeypatch,
+                                                                                 strategy, kind):
+    """A project picking at random forecasts with the interval learned on random picks' replays, one
+    with a strategy with that of strategies' replays; the forecast itself is the same."""
+    import dataclasses
+
+    import loop.forecast as forecast_module
+
+    project = synthetic_project(tmp_path, RISING)
+    plain = forecast_curve(project, n_boot=20)
+    scales = (("random", (0.5, 0.5, 0.5, 0.5)), ("strategy", (0.8, 0.8, 0.8, 0.8)))
+    monkeypatch.setattr(forecast_module, "DEFAULT_PRIORS",
+                        dataclasses.replace(forecast_module.DEFAULT_PRIORS, kind_scales=scales))
+    monkeypatch.setattr(project, "settings", dataclasses.replace(project.settings, strategy=strategy))
+    mine = forecast_curve(project, n_boot=20)
+    factor = dict(scales)[kind][1]
+    assert mine.priors.quantiles[1][1] == pytest.approx(plain.priors.quantiles[1][1] * factor)
+    mean, low, high = mine.predict(256)
+    plain_mean, plain_low, plain_high = plain.predict(256)
+    assert mean == pytest.approx(plain_mean)
+    assert high - low == pytest.approx((plain_high - plain_low) * factor, rel=0.05)
