@@ -259,11 +259,12 @@ def test_the_forecast_takes_the_interval_learned_for_the_projects_kind_of_curve(
     import loop.forecast as forecast_module
 
     project = synthetic_project(tmp_path, RISING)
-    plain = forecast_curve(project, n_boot=20)
-    scales = (("random", (0.5, 0.5, 0.5, 0.5)), ("strategy", (0.8, 0.8, 0.8, 0.8)))
-    monkeypatch.setattr(forecast_module, "DEFAULT_PRIORS",
-                        dataclasses.replace(forecast_module.DEFAULT_PRIORS, kind_scales=scales))
     monkeypatch.setattr(project, "settings", dataclasses.replace(project.settings, strategy=strategy))
+    shipped = forecast_module.DEFAULT_PRIORS
+    monkeypatch.setattr(forecast_module, "DEFAULT_PRIORS", dataclasses.replace(shipped, kind_scales=()))
+    plain = forecast_curve(project, n_boot=20)                        # LCDB's interval
+    scales = (("random", (0.5, 0.5, 0.5, 0.5)), ("strategy", (0.8, 0.8, 0.8, 0.8)))
+    monkeypatch.setattr(forecast_module, "DEFAULT_PRIORS", dataclasses.replace(shipped, kind_scales=scales))
     mine = forecast_curve(project, n_boot=20)
     factor = dict(scales)[kind][1]
     assert mine.priors.quantiles[1][1] == pytest.approx(plain.priors.quantiles[1][1] * factor)
