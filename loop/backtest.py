@@ -489,11 +489,11 @@ def source_of(dataset: str) -> str:
     return Path(dataset).name.split("-")[0]
 
 
-def interval_needs(t: Truncated, priors: Priors, horizons=HORIZONS) -> list[tuple[float, float]]:
+def interval_needs(t: Truncated, horizons=HORIZONS) -> list[tuple[float, float]]:
     """(horizon ratio, factor) for each scored horizon point of `t`: how many times its 80%
-    interval under `priors` the measured accuracy there lies from the forecast, on its side
-    (at most 1: inside the interval)."""
-    f = t.forecaster.recalibrated(priors)
+    interval (that of the priors it was fitted with) the measured accuracy there lies from the
+    forecast, on its side (at most 1: inside the interval)."""
+    f = t.forecaster
     out = []
     for _, i, _, _ in horizon_points(t, horizons):
         n, truth = t.curve.labels[i], t.curve.accuracy[i]
@@ -540,12 +540,12 @@ def learn_kind_scales(needs: Iterable[tuple[str, float, float]], ratios: Sequenc
 def replay_interval_needs(curves: list[Curve], priors: Priors, n0s=N0S, n_boot: int = 100,
                           track: Progress | None = None) -> list[tuple[str, str, float, float]]:
     """(source, kind, horizon ratio, factor) of every scored horizon point of the curves, each
-    fitted up to each N0 with the fit settings of `priors`."""
+    fitted up to each N0 with `priors`, against their interval."""
     out = []
     for curve in (track.over(curves, "fitting the curves intervals are learned on", len(curves))
                   if track else curves):
         for t in curve_fits(curve, n0s, priors=priors, n_boot=n_boot):
-            out += [(source_of(curve.dataset), curve.kind, r, v) for r, v in interval_needs(t, priors)]
+            out += [(source_of(curve.dataset), curve.kind, r, v) for r, v in interval_needs(t)]
     return out
 
 
@@ -604,9 +604,8 @@ def _score(t: Truncated, priors: Priors | Callable[[Curve], Priors], horizons, r
     models = {"forecaster": (f.predict, f.labels_needed),
               "flat": flat_baseline(t.labels, t.accuracy, curve.holdout_size),
               "power_unbounded": power_baseline(t.labels, t.accuracy)}
-    if callable(priors):
-        unscaled = t.forecaster.recalibrated(t.forecaster.priors)
-        models[UNSCALED] = (unscaled.predict, unscaled.labels_needed)
+    if callable(priors):    # the fit as it stands: the interval of the priors it was fitted with
+        models[UNSCALED] = (t.forecaster.predict, t.forecaster.labels_needed)
     for h, i, target, reached in horizon_points(t, horizons):
         truth = curve.accuracy[i]
         for name, (predict, needed) in models.items():

