@@ -537,15 +537,35 @@ def learn_kind_scales(needs: Iterable[tuple[str, float, float]], ratios: Sequenc
     return tuple(table)
 
 
+def learn_kind_scales_n0(needs: Iterable[tuple[str, int, float, float]], ratios: Sequence[float],
+                         coverage: float = 0.8, min_examples: int = KIND_MIN_EXAMPLES
+                         ) -> tuple[tuple[str, float, tuple[float, ...]], ...]:
+    """((kind, N0, scale per ratio), ...) from `needs` (kind, N0, horizon ratio, factor):
+    `learn_kind_scales` on each starting point's points alone, for the (kind, N0) pairs with
+    `min_examples` points or more.
+
+    >>> needs = [("random", n0, 2.0, v * n0 / 64) for n0 in (64, 128) for v in np.linspace(0.05, 1.0, 40)]
+    >>> learn_kind_scales_n0(needs, (2.0,))
+    (('random', 64.0, (0.8295,)), ('random', 128.0, (1.659,)))
+    """
+    needs = list(needs)
+    table = []
+    for n0 in sorted({n for _, n, _, _ in needs}):
+        for kind, scales in learn_kind_scales([(k, r, v) for k, n, r, v in needs if n == n0], ratios,
+                                              coverage, min_examples):
+            table.append((kind, float(n0), scales))
+    return tuple(sorted(table))
+
+
 def replay_interval_needs(curves: list[Curve], priors: Priors, n0s=N0S, n_boot: int = 100,
-                          track: Progress | None = None) -> list[tuple[str, str, float, float]]:
-    """(source, kind, horizon ratio, factor) of every scored horizon point of the curves, each
-    fitted up to each N0 with `priors`, against their interval."""
+                          track: Progress | None = None) -> list[tuple[str, str, int, float, float]]:
+    """(source, kind, N0, horizon ratio, factor) of every scored horizon point of the curves,
+    each fitted up to each N0 with `priors`, against their interval."""
     out = []
     for curve in (track.over(curves, "fitting the curves intervals are learned on", len(curves))
                   if track else curves):
         for t in curve_fits(curve, n0s, priors=priors, n_boot=n_boot):
-            out += [(source_of(curve.dataset), curve.kind, r, v) for r, v in interval_needs(t)]
+            out += [(source_of(curve.dataset), curve.kind, t.n0, r, v) for r, v in interval_needs(t)]
     return out
 
 
@@ -582,7 +602,7 @@ def smoothed(curve: Curve) -> np.ndarray:
 UNSCALED = "forecaster_lcdb"   # beside a kind's interval: the same forecast, LCDB's interval
 
 
-def backtest(scored: Iterable[tuple[Iterable[Truncated], Priors | Callable[[Curve], Priors]]],
+def backtest(scored: Iterable[tuple[Iterable[Truncated], Priors | Callable[[Curve, int], Priors]]],
              horizons=HORIZONS) -> dict:
     """Per (N0, horizon) and model: errors, interval hits and widths at the measured accuracy, and
     labels-needed outcomes against the smoothed curve. Each group of fits is recalibrated with the
@@ -598,9 +618,9 @@ def backtest(scored: Iterable[tuple[Iterable[Truncated], Priors | Callable[[Curv
             for n0, h in sorted(records)}
 
 
-def _score(t: Truncated, priors: Priors | Callable[[Curve], Priors], horizons, records: dict) -> None:
+def _score(t: Truncated, priors: Priors | Callable[[Curve, int], Priors], horizons, records: dict) -> None:
     curve = t.curve
-    f = t.forecaster.recalibrated(priors(curve) if callable(priors) else priors)
+    f = t.forecaster.recalibrated(priors(curve, t.n0) if callable(priors) else priors)
     models = {"forecaster": (f.predict, f.labels_needed),
               "flat": flat_baseline(t.labels, t.accuracy, curve.holdout_size),
               "power_unbounded": power_baseline(t.labels, t.accuracy)}
@@ -906,19 +926,21 @@ def run(source: str, as_json: bool = False, max_curves: int | None = 1600, n_boo
                 needs = replay_interval_needs(train, DEFAULT_PRIORS, N0S, n_boot, track)
                 by_source: dict[str, Priors] = {}
 
-                def priors_for(curve: Curve) -> Priors:
+                def priors_for(curve: Curve, n0: int) -> Priors:
                     own = source_of(curve.dataset)
                     if own not in by_source:
-                        scales = learn_kind_scales([(k, r, v) for src, k, r, v in needs if src != own],
-                                                   DEFAULT_PRIORS.ratios)
-                        by_source[own] = dataclasses.replace(DEFAULT_PRIORS, kind_scales=scales)
-                    return by_source[own].for_kind(curve.kind)
+                        others = [(k, n, r, v) for src, k, n, r, v in needs if src != own]
+                        by_source[own] = dataclasses.replace(
+                            DEFAULT_PRIORS, kind_scales=learn_kind_scales(
+                                [(k, r, v) for k, _, r, v in others], DEFAULT_PRIORS.ratios),
+                            kind_scales_n0=learn_kind_scales_n0(others, DEFAULT_PRIORS.ratios))
+                    return by_source[own].for_kind(curve.kind, n0)
                 lines.append(f"intervals per curve kind learned on {len(train)} replay curve(s) under "
                              f"{calibrate_on} ({', '.join(sorted({c.dataset for c in train}))}), "
                              "leaving out for each scored curve those of its own source of images")
             else:
-                def priors_for(curve: Curve) -> Priors:
-                    return DEFAULT_PRIORS.for_kind(curve.kind)
+                def priors_for(curve: Curve, n0: int) -> Priors:
+                    return DEFAULT_PRIORS.for_kind(curve.kind, n0)
                 lines.append(f"intervals per curve kind learned on {DEFAULT_PRIORS.kinds_learned_on}"
                              if DEFAULT_PRIORS.kind_scales else
                              "no interval per curve kind in the shipped priors: LCDB's for all")
@@ -964,6 +986,7 @@ def learn_shipped_priors(path: str | Path = PRIORS_FILE, max_curves: int | None 
     before = load_priors(path)
     if before.kind_scales:    # learned against the interval just replaced: kept, to be relearned
         priors = dataclasses.replace(priors, kind_scales=before.kind_scales,
+                                     kind_scales_n0=before.kind_scales_n0,
                                      kinds_learned_on=before.kinds_learned_on)
         log("kept the intervals per curve kind, learned against the previous priors: relearn them "
             "with python -m loop backtest-forecast --source DIR --learn")
@@ -980,16 +1003,20 @@ def learn_kind_priors(folder: str | Path, path: str | Path = PRIORS_FILE, n_boot
     curves, note = replay_curves(folder)
     with one_blas_thread():
         needs = replay_interval_needs(curves, priors, N0S, n_boot, Progress(FIT_COST * len(curves)))
-    scales = learn_kind_scales([(k, r, v) for _, k, r, v in needs], priors.ratios)
+    scales = learn_kind_scales([(k, r, v) for _, k, _, r, v in needs], priors.ratios)
+    by_n0 = learn_kind_scales_n0([(k, n, r, v) for _, k, n, r, v in needs], priors.ratios)
     if not scales:
         raise ValueError(f"{note}: too few scored points to learn an interval for any curve kind "
                          f"(each needs {KIND_MIN_EXAMPLES}); replay with a larger --budget")
     kinds = {k: sum(c.kind == k for c in curves) for k, _ in scales}
     learned_on = (f"{len(curves)} replay curves of {len({c.dataset for c in curves})} datasets ("
                   + ", ".join(f"{n} {k}" for k, n in kinds.items()) + f"; {len(needs)} scored points)")
-    priors = dataclasses.replace(priors, kind_scales=scales, kinds_learned_on=learned_on)
+    priors = dataclasses.replace(priors, kind_scales=scales, kind_scales_n0=by_n0,
+                                 kinds_learned_on=learned_on)
     save_priors(priors, path)
+    ratios = ", ".join(f"{r:g}x" for r in priors.ratios)
     log(f"{note}: intervals per curve kind " + "; ".join(
-        f"{k} x{', x'.join(f'{v:.2f}' for v in vals)} at {', '.join(f'{r:g}x' for r in priors.ratios)}"
-        for k, vals in scales) + f", written to {path}")
+        f"{k} x{', x'.join(f'{v:.2f}' for v in vals)}" for k, vals in scales) + f" at {ratios}; "
+        "per starting point " + "; ".join(f"{k} from {n:g}: x{', x'.join(f'{v:.2f}' for v in vals)}"
+                                           for k, n, vals in by_n0) + f", written to {path}")
     return priors

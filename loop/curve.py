@@ -136,7 +136,8 @@ def forecast_curve(project: Project, n_boot: int = 100, metric: str = "accuracy"
     "balanced_accuracy") against human labels, on the retrains with no auto-accepted label in
     force, per-image results resampled jointly across retrains; None before 3 distinct counts.
     Its interval is the one learned for this project's kind of curve (random picks or a
-    strategy's, `Priors.for_kind`) on replays of the product's loop, where the priors hold one."""
+    strategy's, and for its labeled count so far, `Priors.for_kind`) on replays of the product's
+    loop, where the priors hold one."""
     from loop.forecast import DEFAULT_PRIORS, LearningCurveForecaster, curve_kind
 
     if metric not in METRICS:
@@ -150,7 +151,8 @@ def forecast_curve(project: Project, n_boot: int = 100, metric: str = "accuracy"
     credit = holdout_credit(project.store, project.id, fitted, metric)
     # For balanced accuracy the binomial hold-out variance of n_holdout images is an approximation
     # (the true one weighs rare classes more); the joint resampling above carries the real spread.
-    priors = DEFAULT_PRIORS.for_kind(curve_kind(project.settings.strategy))
+    priors = DEFAULT_PRIORS.for_kind(curve_kind(project.settings.strategy),
+                                     max(human_labels(e) for e in fitted))
     return LearningCurveForecaster(len(project.class_names), holdout, n_boot=n_boot, priors=priors).fit(
         [human_labels(e) for e in fitted], [e[metric] for e in fitted], credit)
 

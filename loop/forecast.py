@@ -208,21 +208,37 @@ class Priors:
     # `python -m loop backtest-forecast --source DIR --learn`); the forecast itself is unchanged.
     kind_scales: tuple[tuple[str, tuple[float, ...]], ...] = ()
     kinds_learned_on: str = ""
+    # The same, learned per starting point: (kind, N0, scale per ratio), read for a curve whose
+    # largest labeled count is n by interpolating in log n between the N0s learned (held at the
+    # ends); a kind with none here takes `kind_scales`. A curve fitted from few labels climbs
+    # further than the priors expect and needs a wider interval than one fitted from many.
+    kind_scales_n0: tuple[tuple[str, float, tuple[float, ...]], ...] = ()
 
-    def for_kind(self, kind: str | None) -> Priors:
+    def for_kind(self, kind: str | None, n0: float | None = None) -> Priors:
         """These priors with the interval of curve kind `kind` ("random" or "strategy", see
-        `curve_kind`): the quantiles times the kind's scale per horizon; themselves where no
-        scale was learned for it (LCDB's calibration).
+        `curve_kind`) for a curve whose largest labeled count is `n0`: the quantiles times the
+        kind's scale per horizon (`kind_scales_n0` at `n0` where learned, else `kind_scales`);
+        themselves where no scale was learned for it (LCDB's calibration).
 
         >>> p = Priors(kind_scales=(("random", (0.5, 0.5, 0.5, 0.5)),))
         >>> p.for_kind("random").quantiles[0] == (-Z80 / 2, Z80 / 2), p.for_kind("strategy") is p
         (True, True)
+        >>> q = Priors(kind_scales_n0=(("random", 64, (1.0,) * 4), ("random", 256, (0.5,) * 4)))
+        >>> [round(q.for_kind("random", n).quantiles[0][1] / Z80, 3) for n in (32, 64, 128, 256, 999)]
+        [1.0, 1.0, 0.75, 0.5, 0.5]
         """
-        scales = dict(self.kind_scales).get(kind)
+        by_n0 = sorted((n, scales) for k, n, scales in self.kind_scales_n0 if k == kind)
+        if by_n0 and n0 is not None:
+            x = np.log2([n for n, _ in by_n0])
+            table = np.array([scales for _, scales in by_n0])
+            at = np.log2(max(float(n0), 1.0))
+            scales = tuple(float(np.interp(at, x, table[:, j])) for j in range(table.shape[1]))
+        else:
+            scales = dict(self.kind_scales).get(kind)
         if scales is None:
             return self
         quantiles = tuple((low * k, high * k) for (low, high), k in zip(self.quantiles, scales))
-        return dataclasses.replace(self, quantiles=quantiles, kind_scales=())
+        return dataclasses.replace(self, quantiles=quantiles, kind_scales=(), kind_scales_n0=())
 
     def at(self, ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(family weights (len, F), spread floor, low quantile, high quantile) at horizon ratios."""
@@ -410,6 +426,8 @@ def load_priors(path: str | Path = PRIORS_FILE) -> Priors:
                       spread_disagreement=tuple(map(float, data.get("spread_disagreement", ()))),
                       kind_scales=tuple((str(kind), tuple(map(float, scales)))
                                         for kind, scales in data.get("kind_scales", ())),
+                      kind_scales_n0=tuple((str(kind), float(n0), tuple(map(float, scales)))
+                                           for kind, n0, scales in data.get("kind_scales_n0", ())),
                       kinds_learned_on=str(data.get("kinds_learned_on", "")))
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"'{path}' is not a priors file written by save_priors: {error}") from error

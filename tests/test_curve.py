@@ -261,10 +261,12 @@ def test_the_forecast_takes_the_interval_learned_for_the_projects_kind_of_curve(
     project = synthetic_project(tmp_path, RISING)
     monkeypatch.setattr(project, "settings", dataclasses.replace(project.settings, strategy=strategy))
     shipped = forecast_module.DEFAULT_PRIORS
-    monkeypatch.setattr(forecast_module, "DEFAULT_PRIORS", dataclasses.replace(shipped, kind_scales=()))
+    monkeypatch.setattr(forecast_module, "DEFAULT_PRIORS",
+                        dataclasses.replace(shipped, kind_scales=(), kind_scales_n0=()))
     plain = forecast_curve(project, n_boot=20)                        # LCDB's interval
     scales = (("random", (0.5, 0.5, 0.5, 0.5)), ("strategy", (0.8, 0.8, 0.8, 0.8)))
-    monkeypatch.setattr(forecast_module, "DEFAULT_PRIORS", dataclasses.replace(shipped, kind_scales=scales))
+    monkeypatch.setattr(forecast_module, "DEFAULT_PRIORS",
+                        dataclasses.replace(shipped, kind_scales=scales, kind_scales_n0=()))
     mine = forecast_curve(project, n_boot=20)
     factor = dict(scales)[kind][1]
     assert mine.priors.quantiles[1][1] == pytest.approx(plain.priors.quantiles[1][1] * factor)
@@ -272,3 +274,11 @@ def test_the_forecast_takes_the_interval_learned_for_the_projects_kind_of_curve(
     plain_mean, plain_low, plain_high = plain.predict(256)
     assert mean == pytest.approx(plain_mean)
     assert high - low == pytest.approx((plain_high - plain_low) * factor, rel=0.05)
+    # learned per starting point too: read at the project's labeled count so far (its largest)
+    by_n0 = tuple((k, n0, (v,) * 4) for k in ("random", "strategy") for n0, v in ((16.0, 0.4), (1024.0, 1.6)))
+    monkeypatch.setattr(forecast_module, "DEFAULT_PRIORS",
+                        dataclasses.replace(shipped, kind_scales=scales, kind_scales_n0=by_n0))
+    at_count = forecast_curve(project, n_boot=20)
+    n = at_count.n_max_
+    expected = 0.4 + (1.6 - 0.4) * (np.log2(n) - 4) / (10 - 4)
+    assert at_count.priors.quantiles[1][1] == pytest.approx(plain.priors.quantiles[1][1] * expected)
