@@ -537,35 +537,42 @@ def learn_kind_scales(needs: Iterable[tuple[str, float, float]], ratios: Sequenc
     return tuple(table)
 
 
-def learn_kind_scales_n0(needs: Iterable[tuple[str, int, float, float]], ratios: Sequence[float],
-                         coverage: float = 0.8, min_examples: int = KIND_MIN_EXAMPLES
+def learn_kind_scales_n0(needs: Iterable[tuple[str, float, float, float]], ratios: Sequence[float],
+                         coverage: float = 0.8, min_examples: int = KIND_MIN_EXAMPLES, n0s=N0S
                          ) -> tuple[tuple[str, float, tuple[float, ...]], ...]:
-    """((kind, N0, scale per ratio), ...) from `needs` (kind, N0, horizon ratio, factor):
-    `learn_kind_scales` on each starting point's points alone, for the (kind, N0) pairs with
-    `min_examples` points or more.
+    """((kind, n, scale per ratio), ...) from `needs` (kind, n, horizon ratio, factor; n: the
+    largest labeled count of the fit): `learn_kind_scales` on each starting point's points alone
+    (the points of fits up to the same N0 of `n0s`: the smallest at or above their n), for the
+    (kind, N0) pairs with `min_examples` points or more, placed at the geometric mean of their n.
 
-    >>> needs = [("random", n0, 2.0, v * n0 / 64) for n0 in (64, 128) for v in np.linspace(0.05, 1.0, 40)]
+    >>> needs = [("random", n, 2.0, v * n / 60) for n in (60, 120) for v in np.linspace(0.05, 1.0, 40)]
     >>> learn_kind_scales_n0(needs, (2.0,))
-    (('random', 64.0, (0.8295,)), ('random', 128.0, (1.659,)))
+    (('random', 60.0, (0.8295,)), ('random', 120.0, (1.659,)))
     """
     needs = list(needs)
+    knots = sorted(n0s)
+    block = lambda n: next((k for k in knots if k >= n), knots[-1])
     table = []
-    for n0 in sorted({n for _, n, _, _ in needs}):
-        for kind, scales in learn_kind_scales([(k, r, v) for k, n, r, v in needs if n == n0], ratios,
+    for n0 in knots:
+        rows = [(k, n, r, v) for k, n, r, v in needs if block(n) == n0]
+        for kind, scales in learn_kind_scales([(k, r, v) for k, _, r, v in rows], ratios,
                                               coverage, min_examples):
-            table.append((kind, float(n0), scales))
+            at = float(np.exp(np.mean(np.log([n for k, n, _, _ in rows if k == kind]))))
+            table.append((kind, round(at, 1), scales))
     return tuple(sorted(table))
 
 
 def replay_interval_needs(curves: list[Curve], priors: Priors, n0s=N0S, n_boot: int = 100,
                           track: Progress | None = None) -> list[tuple[str, str, int, float, float]]:
-    """(source, kind, N0, horizon ratio, factor) of every scored horizon point of the curves,
-    each fitted up to each N0 with `priors`, against their interval."""
+    """(source, kind, n, horizon ratio, factor) of every scored horizon point of the curves,
+    each fitted up to each N0 with `priors` (n: the largest labeled count that fit saw, where a
+    project reads its interval), against their interval."""
     out = []
     for curve in (track.over(curves, "fitting the curves intervals are learned on", len(curves))
                   if track else curves):
         for t in curve_fits(curve, n0s, priors=priors, n_boot=n_boot):
-            out += [(source_of(curve.dataset), curve.kind, t.n0, r, v) for r, v in interval_needs(t)]
+            out += [(source_of(curve.dataset), curve.kind, t.forecaster.n_max_, r, v)
+                    for r, v in interval_needs(t)]
     return out
 
 
@@ -620,7 +627,8 @@ def backtest(scored: Iterable[tuple[Iterable[Truncated], Priors | Callable[[Curv
 
 def _score(t: Truncated, priors: Priors | Callable[[Curve, int], Priors], horizons, records: dict) -> None:
     curve = t.curve
-    f = t.forecaster.recalibrated(priors(curve, t.n0) if callable(priors) else priors)
+    # read at the largest labeled count the fit saw, as a project's forecast reads it
+    f = t.forecaster.recalibrated(priors(curve, t.forecaster.n_max_) if callable(priors) else priors)
     models = {"forecaster": (f.predict, f.labels_needed),
               "flat": flat_baseline(t.labels, t.accuracy, curve.holdout_size),
               "power_unbounded": power_baseline(t.labels, t.accuracy)}
