@@ -562,8 +562,17 @@ def learn_kind_scales_n0(needs: Iterable[tuple[str, float, float, float]], ratio
     return tuple(sorted(table))
 
 
+def kind_priors(priors: Priors, needs: Iterable[tuple[str, float, float, float]]) -> Priors:
+    """`priors` with the intervals per curve kind learned from `needs` (kind, n, horizon ratio,
+    factor): per horizon (`learn_kind_scales`) and per starting point (`learn_kind_scales_n0`)."""
+    needs = list(needs)
+    return dataclasses.replace(
+        priors, kind_scales=learn_kind_scales([(k, r, v) for k, _, r, v in needs], priors.ratios),
+        kind_scales_n0=learn_kind_scales_n0(needs, priors.ratios))
+
+
 def replay_interval_needs(curves: list[Curve], priors: Priors, n0s=N0S, n_boot: int = 100,
-                          track: Progress | None = None) -> list[tuple[str, str, int, float, float]]:
+                          track: Progress | None = None) -> list[tuple[str, str, float, float, float]]:
     """(source, kind, n, horizon ratio, factor) of every scored horizon point of the curves,
     each fitted up to each N0 with `priors` (n: the largest labeled count that fit saw, where a
     project reads its interval), against their interval."""
@@ -609,7 +618,7 @@ def smoothed(curve: Curve) -> np.ndarray:
 UNSCALED = "forecaster_lcdb"   # beside a kind's interval: the same forecast, LCDB's interval
 
 
-def backtest(scored: Iterable[tuple[Iterable[Truncated], Priors | Callable[[Curve, int], Priors]]],
+def backtest(scored: Iterable[tuple[Iterable[Truncated], Priors | Callable[[Curve, float], Priors]]],
              horizons=HORIZONS) -> dict:
     """Per (N0, horizon) and model: errors, interval hits and widths at the measured accuracy, and
     labels-needed outcomes against the smoothed curve. Each group of fits is recalibrated with the
@@ -625,7 +634,7 @@ def backtest(scored: Iterable[tuple[Iterable[Truncated], Priors | Callable[[Curv
             for n0, h in sorted(records)}
 
 
-def _score(t: Truncated, priors: Priors | Callable[[Curve, int], Priors], horizons, records: dict) -> None:
+def _score(t: Truncated, priors: Priors | Callable[[Curve, float], Priors], horizons, records: dict) -> None:
     curve = t.curve
     # read at the largest labeled count the fit saw, as a project's forecast reads it
     f = t.forecaster.recalibrated(priors(curve, t.forecaster.n_max_) if callable(priors) else priors)
@@ -934,20 +943,17 @@ def run(source: str, as_json: bool = False, max_curves: int | None = 1600, n_boo
                 needs = replay_interval_needs(train, DEFAULT_PRIORS, N0S, n_boot, track)
                 by_source: dict[str, Priors] = {}
 
-                def priors_for(curve: Curve, n0: int) -> Priors:
+                def priors_for(curve: Curve, n0: float) -> Priors:
                     own = source_of(curve.dataset)
                     if own not in by_source:
-                        others = [(k, n, r, v) for src, k, n, r, v in needs if src != own]
-                        by_source[own] = dataclasses.replace(
-                            DEFAULT_PRIORS, kind_scales=learn_kind_scales(
-                                [(k, r, v) for k, _, r, v in others], DEFAULT_PRIORS.ratios),
-                            kind_scales_n0=learn_kind_scales_n0(others, DEFAULT_PRIORS.ratios))
+                        by_source[own] = kind_priors(
+                            DEFAULT_PRIORS, [(k, n, r, v) for src, k, n, r, v in needs if src != own])
                     return by_source[own].for_kind(curve.kind, n0)
                 lines.append(f"intervals per curve kind learned on {len(train)} replay curve(s) under "
                              f"{calibrate_on} ({', '.join(sorted({c.dataset for c in train}))}), "
                              "leaving out for each scored curve those of its own source of images")
             else:
-                def priors_for(curve: Curve, n0: int) -> Priors:
+                def priors_for(curve: Curve, n0: float) -> Priors:
                     return DEFAULT_PRIORS.for_kind(curve.kind, n0)
                 lines.append(f"intervals per curve kind learned on {DEFAULT_PRIORS.kinds_learned_on}"
                              if DEFAULT_PRIORS.kind_scales else
@@ -1011,16 +1017,15 @@ def learn_kind_priors(folder: str | Path, path: str | Path = PRIORS_FILE, n_boot
     curves, note = replay_curves(folder)
     with one_blas_thread():
         needs = replay_interval_needs(curves, priors, N0S, n_boot, Progress(FIT_COST * len(curves)))
-    scales = learn_kind_scales([(k, r, v) for _, k, _, r, v in needs], priors.ratios)
-    by_n0 = learn_kind_scales_n0([(k, n, r, v) for _, k, n, r, v in needs], priors.ratios)
+    learned = kind_priors(priors, [(k, n, r, v) for _, k, n, r, v in needs])
+    scales, by_n0 = learned.kind_scales, learned.kind_scales_n0
     if not scales:
         raise ValueError(f"{note}: too few scored points to learn an interval for any curve kind "
                          f"(each needs {KIND_MIN_EXAMPLES}); replay with a larger --budget")
     kinds = {k: sum(c.kind == k for c in curves) for k, _ in scales}
     learned_on = (f"{len(curves)} replay curves of {len({c.dataset for c in curves})} datasets ("
                   + ", ".join(f"{n} {k}" for k, n in kinds.items()) + f"; {len(needs)} scored points)")
-    priors = dataclasses.replace(priors, kind_scales=scales, kind_scales_n0=by_n0,
-                                 kinds_learned_on=learned_on)
+    priors = dataclasses.replace(learned, kinds_learned_on=learned_on)
     save_priors(priors, path)
     ratios = ", ".join(f"{r:g}x" for r in priors.ratios)
     log(f"{note}: intervals per curve kind " + "; ".join(

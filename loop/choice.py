@@ -12,8 +12,8 @@ error. The batch then goes to the current arm (TypiClust while the pool holds fe
 labels per class, hybrid after: the fixed switch rule) unless another arm's gain lies beyond
 its noise above the current one's (one-sided 95% for the batch, however many arms are tested);
 random's gain is 0 by definition, so the default falls back to random once the current arm
-measures worse than random, on a set or with a labeler where every strategy measures worse. One slot per batch explores the other arms by
-Thompson sampling, so each keeps being measured.
+measures worse than random, on a set or with a labeler where every strategy measures worse.
+One slot per batch explores the other arms by Thompson sampling, so each keeps being measured.
 
 The classifier used to compare label sets is a closed-form ridge regression on L2-normalised
 embeddings (milliseconds for a few hundred labels), not the project's head: it ranks label sets,

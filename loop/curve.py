@@ -145,16 +145,16 @@ def forecast_curve(project: Project, n_boot: int = 100, metric: str = "accuracy"
     if evaluations is None:
         evaluations = project.store.evaluations(project.id)
     fitted = fitted_evaluations(evaluations)
-    if len({human_labels(e) for e in fitted}) < 3:
+    labels = [human_labels(e) for e in fitted]
+    if len(set(labels)) < 3:
         return None
     holdout = [e["n_holdout"] for e in fitted]
     credit = holdout_credit(project.store, project.id, fitted, metric)
     # For balanced accuracy the binomial hold-out variance of n_holdout images is an approximation
     # (the true one weighs rare classes more); the joint resampling above carries the real spread.
-    priors = DEFAULT_PRIORS.for_kind(curve_kind(project.settings.strategy),
-                                     max(human_labels(e) for e in fitted))
+    priors = DEFAULT_PRIORS.for_kind(curve_kind(project.settings.strategy), max(labels))
     return LearningCurveForecaster(len(project.class_names), holdout, n_boot=n_boot, priors=priors).fit(
-        [human_labels(e) for e in fitted], [e[metric] for e in fitted], credit)
+        labels, [e[metric] for e in fitted], credit)
 
 
 # -- what the forecast says about a target, in words ------------------------------------------------
